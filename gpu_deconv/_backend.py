@@ -1,0 +1,225 @@
+"""Which array module and which FFT for a set of arrays.
+
+This is the only module of gpu_deconv that imports cupy, and it does so lazily,
+the first time a cupy array is actually seen. A cupy array is recognised from
+its type's module name, so ``import gpu_deconv`` never pays for (or needs) cupy.
+
+NumPy arrays are served by NumPy and :mod:`scipy.fft` (pocketfft: real
+transforms, ``workers=``, float32 kept float32). CuPy arrays are served by
+CuPy and :mod:`cupyx.scipy.fft` (cuFFT with CuPy's plan cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "get_backend",
+    "is_cupy_array",
+    "set_workers",
+    "get_workers",
+]
+
+
+def is_cupy_array(a) -> bool:
+    """True if `a` is a ``cupy.ndarray``; never imports cupy."""
+    for cls in type(a).__mro__:
+        mod = getattr(cls, "__module__", None) or ""
+        if mod == "cupy" or mod.startswith("cupy."):
+            return True
+    return False
+
+
+# FFT worker threads for the NumPy path (process-wide). None means "all cores".
+_WORKERS = None
+
+
+def get_workers() -> int:
+    """Number of threads scipy.fft uses for gpu_deconv's CPU transforms."""
+    w = _WORKERS
+    if w is None:
+        return os.cpu_count() or 1
+    return w
+
+
+@contextlib.contextmanager
+def _restore_workers(old):
+    global _WORKERS
+    try:
+        yield
+    finally:
+        _WORKERS = old
+
+
+def set_workers(workers: int | None):
+    """Set the number of FFT threads of the CPU path (process-wide).
+
+    Parameters
+    ----------
+    workers : int or None
+        A positive number of threads, or None for all cores (the default).
+
+    Returns
+    -------
+    context manager
+        Used in a ``with`` statement the previous value is restored on exit;
+        called plainly, the setting stays.
+
+    Notes
+    -----
+    The threads split independent 1-D transforms between them, so results do
+    not depend on the number of workers.
+
+    Examples
+    --------
+    >>> import gpu_deconv
+    >>> with gpu_deconv.set_workers(1):
+    ...     gpu_deconv.get_workers()
+    1
+    """
+    global _WORKERS
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+        workers = int(workers)
+    old = _WORKERS
+    _WORKERS = workers
+    return _restore_workers(old)
+
+
+class Backend:
+    """Array module and transforms for one family of arrays.
+
+    Attributes
+    ----------
+    name : {"numpy", "cupy"}
+    xp : module
+        ``numpy`` or ``cupy``.
+    """
+
+    __slots__ = ("name", "xp", "_fft")
+
+    def __init__(self, name):
+        self.name = name
+        if name == "numpy":
+            import scipy.fft as fft
+
+            self.xp = np
+        else:
+            import cupy
+            import cupyx.scipy.fft as fft
+
+            self.xp = cupy
+        self._fft = fft
+
+    def __repr__(self):
+        return f"Backend({self.name!r})"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+    def _kw(self):
+        return {"workers": get_workers()} if self.name == "numpy" else {}
+
+    # Real transforms over the trailing `ndim` axes. `s` is the grid: inputs
+    # are zero-filled (or cropped) to it, which is exactly the embedding E^T.
+    def rfftn(self, a, s):
+        axes = tuple(range(-len(s), 0))
+        return self._fft.rfftn(a, s=s, axes=axes, **self._kw())
+
+    def irfftn(self, a, s):
+        axes = tuple(range(-len(s), 0))
+        return self._fft.irfftn(a, s=s, axes=axes, **self._kw())
+
+    def dctn(self, a, ndim):
+        axes = tuple(range(-ndim, 0))
+        return self._fft.dctn(a, type=2, axes=axes, norm="ortho", **self._kw())
+
+    def idctn(self, a, ndim):
+        axes = tuple(range(-ndim, 0))
+        return self._fft.idctn(a, type=2, axes=axes, norm="ortho", **self._kw())
+
+    def next_fast_len(self, n: int) -> int:
+        if self.name == "numpy":
+            return int(self._fft.next_fast_len(int(n), real=True))
+        return int(self._fft.next_fast_len(int(n)))
+
+    def asnumpy(self, a):
+        if self.name == "numpy":
+            return np.asarray(a)
+        return self.xp.asnumpy(a)
+
+    def device_id(self, a=None) -> int:
+        """Device of `a` (or the current device); -1 for the host."""
+        if self.name == "numpy":
+            return -1
+        if a is not None and hasattr(a, "device"):
+            return int(a.device.id)
+        return int(self.xp.cuda.Device().id)
+
+    def synchronize(self):
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+
+_BACKENDS: dict = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def _backend(name) -> Backend:
+    b = _BACKENDS.get(name)
+    if b is None:
+        with _BACKENDS_LOCK:
+            b = _BACKENDS.get(name)
+            if b is None:
+                b = _BACKENDS[name] = Backend(name)
+    return b
+
+
+def numpy_backend() -> Backend:
+    return _backend("numpy")
+
+
+def get_backend(**arrays) -> Backend:
+    """Backend for a set of named arguments.
+
+    Arguments that are None or Python scalars are neutral. Any cupy array makes
+    it the CuPy backend; a NumPy array beside a cupy array is a TypeError that
+    names where each lives.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> get_backend(x=np.zeros(3), h=[1, 2]).name
+    'numpy'
+    """
+    on_gpu, on_cpu = [], []
+    for name, a in arrays.items():
+        if a is None or isinstance(a, (bool, int, float, complex, str, np.generic)):
+            continue
+        if isinstance(a, (list, tuple)):
+            items = list(a)
+            if any(is_cupy_array(i) for i in items):
+                on_gpu.append(name)
+                if any(isinstance(i, np.ndarray) for i in items):
+                    on_cpu.append(name)
+            elif any(isinstance(i, np.ndarray) for i in items):
+                on_cpu.append(name)
+            continue
+        if is_cupy_array(a):
+            on_gpu.append(name)
+        elif isinstance(a, np.ndarray):
+            on_cpu.append(name)
+    if on_gpu and on_cpu:
+        raise TypeError(
+            "arguments mix NumPy and CuPy arrays: "
+            f"{', '.join(on_cpu)} on the host (NumPy), {', '.join(on_gpu)} on the GPU (CuPy); "
+            "move them to one place first (cupy.asarray or cupy.asnumpy)"
+        )
+    return _backend("cupy") if on_gpu else _backend("numpy")

@@ -1,0 +1,180 @@
+"""The padding matrix P of seed 000, its adjoint, and the per-axis geometry.
+
+Every convolution mode is ``H = E C P``: P extends x beyond its support
+(zero / periodic / symmetric / reflect / replicate), C is a circular
+convolution on an FFT grid, E extracts the mode's window. This module holds
+the index arithmetic; :mod:`gpu_deconv.operators` does the transforms.
+
+The same arithmetic lives, element by element, in ``kernels/pad_extract.cuh``
+for the GPU; ``tests/test_kernels_harness.py`` checks that both agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def source_index(boundary: str, n: int, m):
+    """Index into ``x[0:n]`` that position `m` (any integer) of the extended signal reads.
+
+    Returns -1 where the extension is zero. Vectorised over `m` (NumPy ints).
+
+    * periodic: ``m mod n``
+    * symmetric (half-sample mirror, ``a b c | c b a``): period ``2n``
+    * reflect (whole-sample mirror, ``a b c | b a``): period ``2n - 2``
+      (``n == 1`` repeats the single sample, as ``numpy.pad`` does)
+    * replicate (``numpy.pad`` 'edge'): clip to ``[0, n-1]``
+    """
+    m = np.asarray(m, dtype=np.int64)
+    if boundary == "zero":
+        return np.where((m >= 0) & (m < n), m, -1)
+    if boundary == "periodic":
+        return np.mod(m, n)
+    if boundary == "replicate":
+        return np.clip(m, 0, n - 1)
+    if boundary == "symmetric":
+        t = np.mod(m, 2 * n)
+        return np.where(t < n, t, 2 * n - 1 - t)
+    if boundary == "reflect":
+        if n == 1:
+            return np.zeros_like(m)
+        t = np.mod(m, 2 * n - 2)
+        return np.where(t < n, t, 2 * n - 2 - t)
+    raise ValueError(f"unknown boundary {boundary!r}")
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """How one spatial axis is convolved.
+
+    The input (length n) is extended by L samples before and R after
+    (boundary rule; nothing for 'zero'), placed at the start of a grid of
+    length G, circularly convolved with the kernel whose tap i sits at
+    ``(i - shift) mod G``, and the output is the first m samples of the grid.
+    """
+
+    n: int
+    k: int
+    m: int
+    L: int
+    R: int
+    G: int
+    shift: int
+
+    @property
+    def n_ext(self) -> int:
+        return self.n + self.L + self.R
+
+
+def same_offset(k: int, convention: str) -> int:
+    """Where 'same' starts in the full result: SciPy (k-1)//2, MATLAB k//2."""
+    return (k - 1) // 2 if convention == "scipy" else k // 2
+
+
+def output_length(n: int, k: int, mode: str, convention: str) -> int:
+    if mode == "full":
+        return n + k - 1
+    if mode in ("same", "circular"):
+        return n
+    return max(n - k + 1, 0)  # valid; MATLAB gives empty when k > n
+
+
+def plan_axis(n, k, mode, boundary, convention, next_fast_len, *, exact_grid=False) -> AxisPlan:
+    """Geometry of one axis. `next_fast_len` chooses a fast grid at least as long as needed.
+
+    With ``exact_grid`` the grid is not enlarged (used where the grid length
+    itself is part of the model, e.g. the Fourier-division approximation).
+    """
+    if mode == "circular":
+        # Period n exactly; the kernel wraps mod n if it is longer than n.
+        return AxisPlan(n, k, n, 0, 0, n, same_offset(k, convention))
+    m = output_length(n, k, mode, convention)
+    j0 = {"full": 0, "same": same_offset(k, convention), "valid": k - 1}[mode]
+    if boundary == "zero":
+        need = max(n + k - 1 - j0, j0 + m, 1)
+        L = R = 0
+        shift = j0
+    else:
+        L = max(0, k - 1 - j0)
+        R = max(0, j0 + m - n)
+        need = n + L + R
+        shift = j0 + L
+    G = need if exact_grid else next_fast_len(need)
+    return AxisPlan(n, k, m, L, R, G, shift)
+
+
+def _take(xp, a, idx, axis):
+    return xp.take(a, xp.asarray(idx), axis=axis)
+
+
+def pad(xp, x, plans, boundary):
+    """Apply P: extend the trailing axes of `x` by each plan's (L, R)."""
+    if boundary == "zero":
+        return x
+    nd = len(plans)
+    for ax, p in enumerate(plans):
+        if p.L == 0 and p.R == 0:
+            continue
+        idx = source_index(boundary, p.n, np.arange(-p.L, p.n + p.R))
+        x = _take(xp, x, idx, ax - nd)
+    return x
+
+
+def _scatter_add(xp, out, idx, vals):
+    """out[idx] += vals along axis 0, with repeated indices accumulated."""
+    if xp is np:
+        np.add.at(out, idx, vals)
+    else:
+        import cupyx  # noqa: PLC0415  (only reached with cupy arrays)
+
+        cupyx.scatter_add(out, xp.asarray(idx), vals)
+
+
+def fold(xp, v, plans, boundary):
+    """Apply P^T: fold the extension back onto the support and add it.
+
+    The adjoint of a mirror/replicate/periodic extension adds each border
+    value to the sample it was copied from.
+    """
+    if boundary == "zero":
+        return v
+    nd = len(plans)
+    for ax, p in enumerate(plans):
+        if p.L == 0 and p.R == 0:
+            continue
+        axis = ax - nd
+        vm = xp.moveaxis(v, axis, 0)
+        out = vm[p.L:p.L + p.n].copy()
+        if p.L:
+            idx = source_index(boundary, p.n, np.arange(-p.L, 0))
+            _scatter_add(xp, out, idx, vm[:p.L])
+        if p.R:
+            idx = source_index(boundary, p.n, np.arange(p.n, p.n + p.R))
+            _scatter_add(xp, out, idx, vm[p.L + p.n:])
+        v = xp.moveaxis(out, 0, axis)
+    return v
+
+
+def embed_kernel(xp, h, grid, shifts):
+    """Kernel `h` (trailing axes) on `grid` with tap i at ``(i - shift) mod G``.
+
+    Taps beyond the grid length wrap and add (a kernel longer than the period
+    of a circular convolution aliases, exactly as the periodic model says).
+    """
+    nd = len(grid)
+    for ax, (G, c) in enumerate(zip(grid, shifts)):
+        axis = h.ndim - nd + ax
+        k = h.shape[axis]
+        q = -(-k // G)
+        if q * G != k:
+            widths = [(0, 0)] * h.ndim
+            widths[axis] = (0, q * G - k)
+            h = xp.pad(h, widths)
+        if q > 1:
+            shp = h.shape[:axis] + (q, G) + h.shape[axis + 1:]
+            h = h.reshape(shp).sum(axis=axis)
+        if c % G:
+            h = xp.roll(h, -(c % G), axis=axis)
+    return h

@@ -1,0 +1,158 @@
+"""Argument checks shared by every public entry.
+
+Each check names the argument and echoes the offending value, so a bad call
+fails at the door with a ValueError/TypeError instead of deep in FFT code.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+from ._backend import is_cupy_array
+
+MODES = ("full", "same", "valid", "circular")
+BOUNDARIES = ("zero", "periodic", "symmetric", "reflect", "replicate")
+CONVENTIONS = ("scipy", "matlab")
+
+
+def check_choice(name, value, choices):
+    """Return `value` if it is one of `choices`, else raise ValueError."""
+    if not isinstance(value, str) or value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {opts}; got {value!r}")
+    return value
+
+
+def check_mode_boundary_convention(mode, boundary, convention):
+    check_choice("mode", mode, MODES)
+    check_choice("boundary", boundary, BOUNDARIES)
+    check_choice("convention", convention, CONVENTIONS)
+    if mode == "circular" and boundary not in ("zero", "periodic"):
+        # circular is same + periodic by definition; a second boundary model
+        # would silently be ignored, so refuse it.
+        raise ValueError(
+            f"mode='circular' is periodic by definition; boundary must be 'zero' (the default) "
+            f"or 'periodic', got {boundary!r}"
+        )
+
+
+def check_dtype_arg(dtype):
+    """Validate the ``dtype=`` keyword: None, float32 or float64."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32, float64 or None; got {dtype!r}") from exc
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32, float64 or None; got {dt}")
+    return dt
+
+
+def float_dtype(name, dt, dtype=None):
+    """Working floating dtype for an array of dtype `dt`.
+
+    float32 (and float16) compute in float32, float64 in float64; bool and
+    integers are promoted to float64 unless `dtype` says otherwise.
+    """
+    dt = np.dtype(dt)
+    if dt.kind == "c":
+        raise TypeError(f"{name} must be real; complex input ({dt}) is not supported")
+    if dt.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers; got dtype {dt}")
+    if dtype is not None:
+        return dtype
+    if dt.kind == "f" and dt.itemsize <= 4:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def as_array(bk, name, a):
+    """`a` as an array of `bk`'s module without changing its dtype.
+
+    Array-likes (lists of numbers) are accepted like NumPy does; anything else
+    (None, strings, mappings, objects) is a TypeError.
+    """
+    xp = bk.xp
+    if isinstance(a, np.ndarray) or is_cupy_array(a):
+        return a if bk.name != "cupy" or is_cupy_array(a) else xp.asarray(a)
+    if isinstance(a, (str, bytes, dict, set)) or a is None:
+        raise TypeError(f"{name} must be an array of real numbers; got {type(a).__name__}")
+    if isinstance(a, (numbers.Number, np.generic, list, tuple)):
+        try:
+            arr = np.asarray(a)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} could not be read as an array: {exc}") from exc
+        if arr.dtype.kind not in "biufc":
+            raise TypeError(f"{name} must be an array of real numbers; got {type(a).__name__} "
+                            f"of dtype {arr.dtype}")
+        return xp.asarray(arr) if bk.name == "cupy" else arr
+    raise TypeError(f"{name} must be an array of real numbers; got {type(a).__name__}")
+
+
+def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=True):
+    """Validated floating array for the computation: right module, dtype, finite."""
+    arr = as_array(bk, name, a)
+    wdt = float_dtype(name, arr.dtype, dtype)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension; got a scalar")
+    if arr.size == 0 and not allow_empty:
+        raise ValueError(f"{name} must not be empty; got shape {tuple(arr.shape)}")
+    if arr.dtype != wdt:
+        arr = arr.astype(wdt)
+    if check_finite and arr.size and not bool(bk.xp.isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return arr
+
+
+def check_shape(name, shape):
+    """A shape: a tuple of positive integers."""
+    if isinstance(shape, (numbers.Integral, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        out = tuple(operator.index(s) for s in shape)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be a tuple of positive integers; got {shape!r}") from exc
+    if not out or any(s < 1 for s in out):
+        raise ValueError(f"{name} must be a non-empty tuple of positive integers; got {shape!r}")
+    return out
+
+
+def check_ndim(ndim, h_ndim, name="ndim"):
+    """Number of spatial axes: defaults to the kernel's ndim."""
+    if ndim is None:
+        return h_ndim
+    if isinstance(ndim, bool) or not isinstance(ndim, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be a positive integer or None; got {ndim!r}")
+    ndim = int(ndim)
+    if not 1 <= ndim <= h_ndim:
+        raise ValueError(f"{name} must be between 1 and h.ndim={h_ndim}; got {ndim}")
+    return ndim
+
+
+def check_positive(name, value, *, integer=False, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a positive number; got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    return value
+
+
+def broadcast_batch(name_a, shape_a, name_b, shape_b):
+    """Broadcast two batch shapes with NumPy's rules; ValueError names both."""
+    try:
+        return tuple(np.broadcast_shapes(tuple(shape_a), tuple(shape_b)))
+    except ValueError:
+        raise ValueError(
+            f"batch axes of {name_a} {tuple(shape_a)} and {name_b} {tuple(shape_b)} do not broadcast"
+        ) from None

@@ -1,0 +1,123 @@
+"""convolve and correlate: every mode, boundary model and origin convention, on NumPy or CuPy."""
+
+from __future__ import annotations
+
+from ._backend import get_backend
+from ._validation import (
+    as_float_array,
+    check_dtype_arg,
+    check_mode_boundary_convention,
+    check_ndim,
+)
+from .operators import ConvolutionOperator
+
+__all__ = ["convolve", "correlate"]
+
+
+def _prepare(x, h, mode, boundary, convention, ndim, dtype):
+    """Validate once; returns the operator and the checked image."""
+    check_mode_boundary_convention(mode, boundary, convention)
+    dtype = check_dtype_arg(dtype)
+    bk = get_backend(x=x, h=h)
+    x = as_float_array(bk, "x", x, dtype)
+    h = as_float_array(bk, "h", h, x.dtype)
+    ndim = check_ndim(ndim, h.ndim)
+    if x.ndim < ndim:
+        raise ValueError(
+            f"h has more spatial dimensions ({ndim}) than x has dimensions ({x.ndim}); "
+            f"shapes: x {tuple(x.shape)}, h {tuple(h.shape)}"
+        )
+    op = ConvolutionOperator(h, x.shape[x.ndim - ndim:], mode, boundary=boundary,
+                             convention=convention, ndim=ndim)
+    return op, x
+
+
+def convolve(x, h, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+    """N-D convolution of a batch of images with a kernel, in any mode and boundary model.
+
+    Parameters
+    ----------
+    x : array_like
+        Images, NumPy or CuPy. The convolution acts on the last ``h.ndim`` axes
+        (or `ndim` axes); leading axes are a batch.
+    h : array_like
+        Kernel, in the same array module as `x`.
+    mode : {"full", "same", "valid", "circular"}, optional
+        ``"full"`` (default): every overlap, shape ``n + k - 1``.
+        ``"same"``: shape ``n``, the centre of ``"full"``, starting at
+        ``(k-1)//2`` (``convention="scipy"``) or ``k//2`` (``"matlab"``).
+        ``"valid"``: only complete overlaps, shape ``n - k + 1``.
+        ``"circular"``: exactly ``"same"`` with ``boundary="periodic"``.
+    boundary : {"zero", "periodic", "symmetric", "reflect", "replicate"}, optional
+        How `x` is extended beyond its support before the kernel slides (names
+        as in :func:`numpy.pad`: ``"symmetric"`` repeats the edge sample,
+        ``"reflect"`` does not, ``"replicate"`` is ``"edge"``). Default ``"zero"``.
+    convention : {"scipy", "matlab"}, optional
+        ``"scipy"``: :func:`scipy.signal.convolve` semantics. ``"matlab"``:
+        MATLAB/Octave ``conv2`` semantics (``same`` crops from ``k//2``;
+        ``valid`` with a kernel larger than the image returns an empty array,
+        where ``"scipy"`` raises ValueError; inputs are never swapped).
+    ndim : int, optional
+        Number of trailing spatial axes (default ``h.ndim``). With ``ndim <
+        h.ndim`` the leading axes of `h` hold one kernel per image,
+        broadcast against the batch axes of `x`.
+    dtype : {None, float32, float64}, optional
+        Working precision. Default: the precision of `x` (float32 stays
+        float32, integers become float64).
+
+    Returns
+    -------
+    array
+        Same array module as `x`, floating dtype of `x`.
+
+    Raises
+    ------
+    ValueError
+        Unknown mode/boundary/convention, empty or non-finite input, kernel
+        with more dimensions than `x`, ``valid`` with a too-large kernel
+        (scipy convention).
+    TypeError
+        Complex or non-numeric input, NumPy and CuPy arrays mixed.
+
+    See Also
+    --------
+    correlate, ConvolutionOperator, scipy.signal.convolve
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gpu_deconv
+    >>> x = np.array([1.0, 2.0, 3.0, 4.0])
+    >>> gpu_deconv.convolve(x, np.array([1.0, 1.0]), mode="same")
+    array([1., 3., 5., 7.])
+    >>> gpu_deconv.convolve(x, np.array([1.0, 1.0]), mode="same", convention="matlab")
+    array([3., 5., 7., 4.])
+    >>> gpu_deconv.convolve(x, np.array([1.0, 1.0]), mode="same", boundary="symmetric")
+    array([2., 3., 5., 7.])
+    """
+    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
+    return op.forward(x)
+
+
+def correlate(x, h, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+    """N-D correlation: :func:`convolve` with the kernel reversed in every spatial axis.
+
+    With ``boundary="zero"`` this equals :func:`scipy.signal.correlate` for
+    real inputs (``convention="scipy"``) and MATLAB's ``filter2(h, x, shape)``
+    (``convention="matlab"``, i.e. ``conv2`` with ``h`` rotated 180 degrees).
+    Parameters are those of :func:`convolve`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gpu_deconv
+    >>> gpu_deconv.correlate(np.array([0.0, 1.0, 0.0]), np.array([1.0, 2.0, 3.0]), mode="same")
+    array([3., 2., 1.])
+    """
+    check_mode_boundary_convention(mode, boundary, convention)
+    bk = get_backend(x=x, h=h)
+    hh = as_float_array(bk, "h", h)
+    nd = check_ndim(ndim, hh.ndim)
+    flipped = hh[(Ellipsis,) + (slice(None, None, -1),) * nd]
+    return convolve(x, bk.xp.ascontiguousarray(flipped), mode, boundary=boundary,
+                    convention=convention, ndim=nd, dtype=dtype)

@@ -1,0 +1,129 @@
+"""Gradients of ``f = 1/2 ||h * x - y||^2`` (seed 001), for every mode and boundary.
+
+Both are derived from the operator ``H = E C P`` rather than from a formula
+per mode: ``grad_x = H^T (H x - y)``, and ``grad_h = X^T (H x - y)`` where X
+is the same bilinear map read as a function of the kernel. (The textbook
+MATLAB expression for the ``same``-mode image gradient, ``conv2(r,
+rot180(h), 'same')``, is wrong for even kernels; the adjoint is not.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._backend import get_backend
+from ._validation import as_float_array
+from .conv import _prepare
+
+__all__ = ["grad_x", "grad_h"]
+
+
+def _residual(op, x, y, batch):
+    """Spectrum of C P x, that of P x, and the residual H x - y."""
+    bk, xp = op.backend, op.backend.xp
+    if tuple(y.shape) != tuple(batch) + op.spatial_out_shape:
+        raise ValueError(
+            f"y must have shape {tuple(batch) + op.spatial_out_shape} (the output of mode="
+            f"{op.mode!r} for x of shape {tuple(x.shape)}); got {tuple(y.shape)}"
+        )
+    if op._empty:
+        return None, None, y * 0
+    HX, XE = op._forward_spec(x, keep_input=True)
+    hx = bk.irfftn(HX, op.grid_shape)[(Ellipsis,) + tuple(slice(0, m) for m in op.spatial_out_shape)]
+    return HX, XE, xp.ascontiguousarray(hx - y)
+
+
+def grad_x(x, h, y, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+    """Gradient of ``1/2 ||h * x - y||^2`` with respect to the image `x`.
+
+    ``H^T (H x - y)`` with H the convolution of :func:`convolve` in the given
+    mode, boundary and convention; batched over the leading axes of `x`.
+
+    Parameters
+    ----------
+    x : array_like
+        Images ``(..., *n)``.
+    h : array_like
+        Kernel ``(*k)`` (or per-image kernels with `ndim`).
+    y : array_like
+        Data, shape ``(..., *m)`` = the shape of ``convolve(x, h, mode, ...)``.
+    mode, boundary, convention, ndim, dtype
+        As in :func:`convolve`.
+
+    Returns
+    -------
+    array
+        Same shape as `x`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gpu_deconv
+    >>> x = np.array([1.0, 2.0, 3.0]); h = np.array([1.0, -1.0])
+    >>> y = gpu_deconv.convolve(x, h, "valid")
+    >>> gpu_deconv.grad_x(x, h, y, "valid")
+    array([0., 0., 0.])
+    """
+    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
+    get_backend(x=x, y=y)
+    y = as_float_array(op.backend, "y", y, x.dtype, allow_empty=op._empty)
+    batch = tuple(np.broadcast_shapes(x.shape[:x.ndim - op.ndim], op.kernel_batch))
+    HX, _, r = _residual(op, x, y, batch)
+    if HX is None:
+        return op.backend.xp.zeros(batch + op.spatial_in_shape, dtype=x.dtype)
+    return op._adjoint(r, batch)
+
+
+def grad_h(x, h, y, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+    """Gradient of ``1/2 ||h * x - y||^2`` with respect to the kernel `h`.
+
+    For a batch of images and one kernel the gradient sums over the batch;
+    with per-image kernels (``ndim < h.ndim``) it is per kernel. Computed by
+    FFT correlation of the residual with the boundary-extended image, on the
+    same grid as the forward operator.
+
+    Parameters
+    ----------
+    x, h, y, mode, boundary, convention, ndim, dtype
+        As in :func:`grad_x`.
+
+    Returns
+    -------
+    array
+        Same shape as `h`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gpu_deconv
+    >>> x = np.array([0.0, 1.0, 0.0, 0.0]); h = np.array([0.0, 0.0])
+    >>> y = np.array([1.0, 2.0, 0.0])
+    >>> gpu_deconv.grad_h(x, h, y, "valid")   # X^T (0 - y)
+    array([-1., -2.])
+    """
+    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
+    bk, xp = op.backend, op.backend.xp
+    get_backend(x=x, y=y)
+    y = as_float_array(bk, "y", y, x.dtype, allow_empty=op._empty)
+    batch = tuple(np.broadcast_shapes(x.shape[:x.ndim - op.ndim], op.kernel_batch))
+    HX, XE, r = _residual(op, x, y, batch)
+    hshape = op.kernel_batch + op.kernel_shape
+    if HX is None:
+        return xp.zeros(hshape, dtype=x.dtype)
+    # g[i] = sum_t r[t] xe[t + shift - i]: a correlation of r with P x, read
+    # at (shift - i) mod G. The grid is the forward's, so nothing aliases.
+    R = bk.rfftn(r, op.grid_shape)
+    corr = bk.irfftn(xp.conj(R) * XE, op.grid_shape)
+    nd = op.ndim
+    for ax, p in enumerate(op._plans):
+        idx = (p.shift - np.arange(p.k)) % p.G
+        corr = xp.take(corr, xp.asarray(idx), axis=ax - nd)
+    # Sum the batch axes that the kernel does not have.
+    lead = corr.ndim - nd - len(op.kernel_batch)
+    if lead:
+        corr = corr.sum(axis=tuple(range(lead)))
+    kb = op.kernel_batch
+    axes = tuple(i for i, (a, b) in enumerate(zip(corr.shape[:len(kb)], kb)) if b == 1 and a != 1)
+    if axes:
+        corr = corr.sum(axis=axes, keepdims=True)
+    return xp.ascontiguousarray(corr.reshape(hshape))

@@ -1,0 +1,460 @@
+"""ConvolutionOperator: a convolution mode as a linear operator with its exact adjoint.
+
+Every mode is ``H = E C P`` (seed 000): P extends the input by the boundary
+model, C is a circular convolution on an FFT grid long enough that nothing
+wraps into the output window, E extracts the window. The adjoint is
+``P^T C^H E^T``: zero-fill the output into the grid, correlate (multiply by
+the conjugate transfer function), keep the extended support, fold the
+extension back (P^T).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _cache
+from ._backend import get_backend, is_cupy_array
+from ._padding import embed_kernel, fold, output_length, pad, plan_axis, source_index
+from ._validation import (
+    as_float_array,
+    broadcast_batch,
+    check_dtype_arg,
+    check_mode_boundary_convention,
+    check_ndim,
+    check_shape,
+)
+
+__all__ = ["ConvolutionOperator"]
+
+#: Largest dense matrix (entries) that :meth:`ConvolutionOperator.to_matrix` builds.
+MAX_DENSE_ENTRIES = 2**24
+#: Largest number of stored entries (output samples x kernel taps) of the sparse matrix.
+MAX_SPARSE_ENTRIES = 2**26
+
+
+def _window(plans, attr):
+    return (Ellipsis,) + tuple(slice(0, getattr(p, attr)) for p in plans)
+
+
+class ConvolutionOperator:
+    """A convolution ``x -> h * x`` in a given mode and boundary model, with its adjoint.
+
+    Parameters
+    ----------
+    h : array_like
+        Kernel (NumPy or CuPy array). Its trailing `ndim` axes are the kernel;
+        leading axes, if ``ndim < h.ndim``, hold one kernel per image and
+        broadcast against the batch axes of the input.
+    in_shape : tuple of int
+        Shape of the input. Its last `ndim` entries are the spatial shape; any
+        leading entries fix a batch shape (otherwise any batch is accepted).
+    mode : {"full", "same", "valid", "circular"}, optional
+        Output window, as in :func:`gpu_deconv.convolve`. Default "full".
+    boundary : {"zero", "periodic", "symmetric", "reflect", "replicate"}, optional
+        How the input is extended beyond its support (the padding matrix P).
+    convention : {"scipy", "matlab"}, optional
+        Origin of "same" (and "circular") for even kernel sizes.
+    ndim : int, optional
+        Number of spatial axes (default ``h.ndim``).
+    dtype : {None, float32, float64}, optional
+        Working precision for integer inputs (default float64). Floating inputs
+        are computed in their own precision (float32 stays float32).
+
+    Attributes
+    ----------
+    in_shape, out_shape : tuple of int
+        Input and output shapes (spatial, or batch + spatial if a batch was given).
+    grid_shape : tuple of int
+        FFT grid on which the circular convolution C runs.
+
+    Notes
+    -----
+    The transfer functions are computed once per operator and dtype, and are
+    shared through a bounded cache with other operators of the same kernel
+    and geometry. :meth:`normal` uses a single FFT pair where ``E^T E`` is the
+    identity (circular, and full with a zero boundary), two pairs otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpu_deconv import ConvolutionOperator
+    >>> A = ConvolutionOperator(np.array([1.0, 2.0, 3.0]), (5,), mode="valid")
+    >>> A.out_shape
+    (3,)
+    >>> A.to_matrix()
+    array([[3., 2., 1., 0., 0.],
+           [0., 3., 2., 1., 0.],
+           [0., 0., 3., 2., 1.]])
+    """
+
+    def __init__(self, h, in_shape, mode="full", *, boundary="zero", convention="scipy",
+                 ndim=None, dtype=None):
+        check_mode_boundary_convention(mode, boundary, convention)
+        dtype = check_dtype_arg(dtype)
+        bk = get_backend(h=h)
+        h = as_float_array(bk, "h", h, dtype)
+        ndim = check_ndim(ndim, h.ndim)
+        in_shape = check_shape("in_shape", in_shape)
+        if len(in_shape) < ndim:
+            raise ValueError(
+                f"in_shape {in_shape} has fewer axes than the kernel's {ndim} spatial axes "
+                f"(h.shape={tuple(h.shape)})"
+            )
+        if mode == "circular":
+            boundary = "periodic"
+        self._bk = bk
+        self._h = h
+        self._int_dtype = dtype
+        self.ndim = ndim
+        self.mode = mode
+        self.boundary = boundary
+        self.convention = convention
+        self.dtype = h.dtype
+        self.kernel_shape = tuple(h.shape[h.ndim - ndim:])
+        self.kernel_batch = tuple(h.shape[:h.ndim - ndim])
+        spatial = in_shape[len(in_shape) - ndim:]
+        self._fixed_batch = in_shape[:len(in_shape) - ndim] if len(in_shape) > ndim else None
+        if self._fixed_batch is not None:
+            broadcast_batch("in_shape", self._fixed_batch, "h", self.kernel_batch)
+        if mode == "valid":
+            too_big = [i for i, (n, k) in enumerate(zip(spatial, self.kernel_shape)) if k > n]
+            if too_big and convention == "scipy":
+                raise ValueError(
+                    f"mode='valid' needs the kernel no larger than the input in every axis; "
+                    f"kernel shape {self.kernel_shape} vs input shape {spatial} "
+                    "(convention='matlab' returns an empty result instead)"
+                )
+        self.spatial_in_shape = spatial
+        self._plans = tuple(
+            plan_axis(n, k, mode, boundary, convention, bk.next_fast_len)
+            for n, k in zip(spatial, self.kernel_shape)
+        )
+        self.spatial_out_shape = tuple(p.m for p in self._plans)
+        self.grid_shape = tuple(p.G for p in self._plans)
+        self._empty = any(m == 0 for m in self.spatial_out_shape)
+        # E^T E is the identity on everything the circular product can reach
+        # (so normal() needs one FFT pair) for circular, and for full + zero.
+        self._one_pass_normal = mode == "circular" or (mode == "full" and boundary == "zero")
+        self._spectra = {}
+        self._key = None
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def in_shape(self):
+        b = self._fixed_batch or ()
+        return b + self.spatial_in_shape
+
+    @property
+    def out_shape(self):
+        if self._fixed_batch is None:
+            return self.spatial_out_shape
+        b = broadcast_batch("in_shape", self._fixed_batch, "h", self.kernel_batch)
+        return tuple(b) + self.spatial_out_shape
+
+    @property
+    def shape(self):
+        """(number of outputs, number of inputs) of one image's matrix."""
+        return (int(np.prod(self.spatial_out_shape)), int(np.prod(self.spatial_in_shape)))
+
+    @property
+    def kernel(self):
+        return self._h
+
+    @property
+    def backend(self):
+        return self._bk
+
+    @property
+    def H(self):
+        """The adjoint as an operator (forward and adjoint swapped)."""
+        return _AdjointView(self)
+
+    def __repr__(self):
+        return (
+            f"ConvolutionOperator(kernel_shape={self.kernel_shape}, in_shape={self.in_shape}, "
+            f"out_shape={self.out_shape}, mode={self.mode!r}, boundary={self.boundary!r}, "
+            f"convention={self.convention!r}, backend={self._bk.name!r})"
+        )
+
+    # ------------------------------------------------------------ transforms
+    def _shifts(self):
+        return tuple(p.shift for p in self._plans)
+
+    def spectrum(self, dtype=None):
+        """Transfer function on :attr:`grid_shape` (half spectrum of ``rfftn``).
+
+        Shape ``kernel_batch + rfft grid``; complex64 for float32, complex128 for float64.
+        """
+        dtype = np.dtype(self.dtype if dtype is None else dtype)
+        s = self._spectra.get(dtype)
+        if s is not None:
+            return s
+        bk = self._bk
+        cache = _cache.cache_for(bk)
+        if self._key is None:
+            self._key = _cache.content_key(bk, self._h)
+        key = ("rfft", self._key, self.ndim, self.grid_shape, self._shifts(), dtype.str)
+        s = cache.get(key)
+        if s is None:
+            hg = embed_kernel(bk.xp, self._h.astype(dtype, copy=False), self.grid_shape, self._shifts())
+            s = bk.rfftn(hg, self.grid_shape)
+            cache.put(key, s)
+        self._spectra[dtype] = s
+        return s
+
+    def _power(self, dtype):
+        key = ("power", dtype)
+        s = self._spectra.get(key)
+        if s is None:
+            H = self.spectrum(dtype)
+            s = (H.real * H.real + H.imag * H.imag)
+            self._spectra[key] = s
+        return s
+
+    # ---------------------------------------------------------------- checks
+    def _check_input(self, name, a, spatial):
+        bk = self._bk
+        if is_cupy_array(a) != bk.is_gpu and (isinstance(a, np.ndarray) or is_cupy_array(a)):
+            where = "CuPy (GPU)" if is_cupy_array(a) else "NumPy (host)"
+            own = "CuPy (GPU)" if bk.is_gpu else "NumPy (host)"
+            raise TypeError(f"{name} is a {where} array but the operator's kernel is a {own} array")
+        # Floating inputs keep their precision; integers take the operator's dtype= (float64).
+        kind = getattr(a, "dtype", np.dtype(float)).kind if hasattr(a, "dtype") else "f"
+        a = as_float_array(bk, name, a, None if kind == "f" else self._int_dtype,
+                           allow_empty=0 in tuple(spatial))
+        nd = self.ndim
+        if a.ndim < nd or tuple(a.shape[a.ndim - nd:]) != tuple(spatial):
+            raise ValueError(
+                f"{name} must have trailing shape {tuple(spatial)}; got shape {tuple(a.shape)}"
+            )
+        batch = tuple(a.shape[:a.ndim - nd])
+        if self._fixed_batch is not None and batch != self._fixed_batch:
+            raise ValueError(
+                f"{name} must have batch shape {self._fixed_batch} (from in_shape); got {batch}"
+            )
+        out_batch = broadcast_batch(name, batch, "h", self.kernel_batch)
+        return a, out_batch
+
+    # ------------------------------------------------------------- apply
+    def forward(self, x):
+        """Apply the operator: ``h * x`` in this mode and boundary.
+
+        Parameters
+        ----------
+        x : array
+            Shape ``(..., *spatial_in_shape)``; leading axes are a batch.
+
+        Returns
+        -------
+        array
+            Shape ``(..., *spatial_out_shape)``, same array module and
+            floating dtype as `x`.
+        """
+        x, batch = self._check_input("x", x, self.spatial_in_shape)
+        return self._forward(x, batch)
+
+    __call__ = forward
+
+    def _forward(self, x, batch):
+        xp = self._bk.xp
+        if self._empty:
+            return xp.zeros(batch + self.spatial_out_shape, dtype=x.dtype)
+        X = self._forward_spec(x)
+        y = self._bk.irfftn(X, self.grid_shape)[_window(self._plans, "m")]
+        return xp.ascontiguousarray(y)
+
+    def _forward_spec(self, x, keep_input=False):
+        """Spectrum of C P x (before extraction); optionally also that of P x."""
+        bk = self._bk
+        XE = bk.rfftn(pad(bk.xp, x, self._plans, self.boundary), self.grid_shape)
+        H = self.spectrum(x.dtype)
+        out = XE * H
+        return (out, XE) if keep_input else out
+
+    def adjoint(self, y):
+        """Apply the exact adjoint ``P^T C^H E^T`` to `y`.
+
+        Parameters
+        ----------
+        y : array
+            Shape ``(..., *spatial_out_shape)``.
+
+        Returns
+        -------
+        array
+            Shape ``(..., *spatial_in_shape)``.
+        """
+        y, batch = self._check_input("y", y, self.spatial_out_shape)
+        return self._adjoint(y, batch)
+
+    def _adjoint(self, y, batch):
+        bk, xp = self._bk, self._bk.xp
+        if self._empty:
+            return xp.zeros(batch + self.spatial_in_shape, dtype=y.dtype)
+        Y = bk.rfftn(y, self.grid_shape)
+        return self._adjoint_spec(Y)
+
+    def _adjoint_spec(self, Y, conj_done=False):
+        bk, xp = self._bk, self._bk.xp
+        if not conj_done:
+            Y = Y * xp.conj(self.spectrum(Y.real.dtype))
+        v = bk.irfftn(Y, self.grid_shape)[_window(self._plans, "n_ext")]
+        if self.boundary == "zero":
+            return xp.ascontiguousarray(v)
+        return fold(xp, v, self._plans, self.boundary)
+
+    def normal(self, x):
+        """``adjoint(forward(x))`` with as few FFTs as possible.
+
+        One FFT pair for circular and for full + zero boundary (where
+        ``E^T E`` acts as the identity), two pairs otherwise.
+        """
+        x, batch = self._check_input("x", x, self.spatial_in_shape)
+        return self._normal(x, batch)
+
+    def _normal(self, x, batch):
+        bk, xp = self._bk, self._bk.xp
+        if self._empty:
+            return xp.zeros(batch + self.spatial_in_shape, dtype=x.dtype)
+        if self._one_pass_normal:
+            XE = bk.rfftn(pad(xp, x, self._plans, self.boundary), self.grid_shape)
+            return self._adjoint_spec(XE * self._power(x.dtype), conj_done=True)
+        y = bk.irfftn(self._forward_spec(x), self.grid_shape)[_window(self._plans, "m")]
+        return self._adjoint_spec(bk.rfftn(y, self.grid_shape))
+
+    # -------------------------------------------------------------- matrix
+    def to_matrix(self, sparse=False):
+        """The explicit matrix of one image's operator, built from the model's definition.
+
+        Entry ``[t, j]`` (flat output index t, flat input index j) adds the
+        kernel taps that carry ``x[j]`` to ``y[t]`` through the boundary
+        extension; no FFT is involved.
+
+        Parameters
+        ----------
+        sparse : bool, optional
+            Return a ``scipy.sparse.csr_array`` (``cupyx.scipy.sparse.csr_matrix``
+            for CuPy) instead of a dense array.
+
+        Returns
+        -------
+        array or sparse matrix
+            Shape :attr:`shape`; with per-image kernels (dense only), shape
+            ``kernel_batch + shape``.
+
+        Raises
+        ------
+        ValueError
+            Above :data:`MAX_DENSE_ENTRIES` dense entries (or
+            :data:`MAX_SPARSE_ENTRIES` stored entries), before allocating.
+        """
+        M, N = self.shape
+        K = int(np.prod(self.kernel_shape))
+        nb = int(np.prod(self.kernel_batch)) if self.kernel_batch else 1
+        if sparse and self.kernel_batch:
+            raise ValueError("to_matrix(sparse=True) needs a single kernel; this operator has "
+                             f"kernel batch {self.kernel_batch}")
+        if M * K * nb > MAX_SPARSE_ENTRIES:
+            raise ValueError(f"to_matrix would store {M * K * nb} entries (outputs x taps); "
+                             f"the limit is {MAX_SPARSE_ENTRIES}: use a smaller in_shape")
+        if not sparse and M * N * nb > MAX_DENSE_ENTRIES:
+            raise ValueError(f"to_matrix would build a dense {M}x{N} matrix ({M * N * nb} entries); "
+                             f"the limit is {MAX_DENSE_ENTRIES}: use sparse=True or a smaller in_shape")
+        rows, cols, tap = self._coo_pattern()
+        h = self._bk.asnumpy(self._h).astype(np.float64 if self.dtype == np.float64 else np.float32)
+        hflat = h.reshape(self.kernel_batch + (K,))
+        if sparse:
+            import scipy.sparse as sp
+
+            mat = sp.coo_array((hflat[tap], (rows, cols)), shape=(M, N)).tocsr()
+            if self._bk.is_gpu:
+                import cupyx.scipy.sparse as csp  # only reached with CuPy inputs
+
+                return csp.csr_matrix(mat)
+            return mat
+        dense = np.zeros(self.kernel_batch + (M * N,), dtype=h.dtype)
+        flat = rows * N + cols
+        for b in np.ndindex(*self.kernel_batch):
+            np.add.at(dense[b], flat, hflat[b][tap])
+        dense = dense.reshape(self.kernel_batch + (M, N))
+        return self._bk.xp.asarray(dense) if self._bk.is_gpu else dense
+
+    def _coo_pattern(self):
+        """(row, col, tap) triples of the matrix, from source_index alone."""
+        per_axis = []
+        for p in self._plans:
+            t = np.arange(p.m)[:, None]
+            i = np.arange(p.k)[None, :]
+            pos = t + p.shift - i - p.L  # position relative to x[0]
+            per_axis.append(source_index(self.boundary, p.n, pos))
+        nd = self.ndim
+        shape = self.spatial_out_shape + self.kernel_shape
+        srcs = []
+        for ax, s in enumerate(per_axis):
+            view = [1] * (2 * nd)
+            view[ax] = s.shape[0]
+            view[nd + ax] = s.shape[1]
+            srcs.append(np.broadcast_to(s.reshape(view), shape))
+        ok = np.ones(shape, dtype=bool)
+        for s in srcs:
+            ok &= s >= 0
+        grids = np.indices(shape)
+        rows = np.ravel_multi_index(tuple(grids[:nd]), self.spatial_out_shape)
+        taps = np.ravel_multi_index(tuple(grids[nd:]), self.kernel_shape)
+        cols = np.ravel_multi_index(tuple(np.where(ok, s, 0) for s in srcs), self.spatial_in_shape)
+        return rows[ok], cols[ok], taps[ok]
+
+    def aslinearoperator(self):
+        """A ``scipy.sparse.linalg.LinearOperator`` on flattened single images (NumPy only)."""
+        if self._bk.is_gpu:
+            raise TypeError("aslinearoperator() is for NumPy operators; use cupyx.scipy.sparse.linalg "
+                            "with forward/adjoint for CuPy")
+        if self.kernel_batch:
+            raise ValueError("aslinearoperator() needs a single kernel")
+        from scipy.sparse.linalg import LinearOperator
+
+        sin, sout = self.spatial_in_shape, self.spatial_out_shape
+        return LinearOperator(
+            self.shape, dtype=self.dtype,
+            matvec=lambda v: self.forward(np.asarray(v).reshape(sin)).ravel(),
+            rmatvec=lambda v: self.adjoint(np.asarray(v).reshape(sout)).ravel(),
+        )
+
+
+class _AdjointView:
+    """``A.H``: the adjoint of a ConvolutionOperator as an operator."""
+
+    def __init__(self, op):
+        self._op = op
+
+    @property
+    def H(self):
+        return self._op
+
+    @property
+    def in_shape(self):
+        return self._op.out_shape
+
+    @property
+    def out_shape(self):
+        return self._op.in_shape
+
+    def forward(self, y):
+        return self._op.adjoint(y)
+
+    __call__ = forward
+
+    def adjoint(self, x):
+        return self._op.forward(x)
+
+    def to_matrix(self, sparse=False):
+        m = self._op.to_matrix(sparse=sparse)
+        return m.T if sparse else self._op.backend.xp.swapaxes(m, -1, -2)
+
+    def __repr__(self):
+        return f"{self._op!r}.H"
+
+
+def output_shape(in_shape, kernel_shape, mode, convention="scipy"):
+    """Spatial output shape of a mode (helper for validation elsewhere)."""
+    return tuple(output_length(n, k, mode, convention) for n, k in zip(in_shape, kernel_shape))

@@ -1,0 +1,1 @@
+"""Solvers: closed forms (FFT, DCT, multichannel), batched PCG, kernel estimation."""

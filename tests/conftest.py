@@ -1,0 +1,60 @@
+"""Shared fixtures: the available array backends, seeded generators, tolerances."""
+
+import numpy as np
+import pytest
+
+
+def _cupy_status():
+    """(cupy module or None, reason it cannot be used)."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        return None, f"cupy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"cupy is installed but no CUDA device is usable ({exc})"
+    if n < 1:
+        return None, "cupy is installed but no CUDA device is present"
+    return cupy, ""
+
+
+CUPY, CUPY_REASON = _cupy_status()
+
+BACKENDS = [
+    "numpy",
+    pytest.param("cupy", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(CUPY is None, reason=CUPY_REASON or "no cupy")]),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def xp(request):
+    """The array module under test: numpy always, cupy when a GPU is usable."""
+    return np if request.param == "numpy" else CUPY
+
+
+def to_numpy(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+# Relative tolerances by working dtype (errors of FFT-based products relative
+# to the largest entry of the result).
+RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
+
+
+def assert_close(actual, desired, dtype, scale=None, factor=1.0):
+    actual, desired = to_numpy(actual), to_numpy(desired)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    if scale is None:
+        scale = max(np.abs(desired).max(initial=0.0), 1e-300)
+    err = np.abs(actual.astype(np.float64) - desired.astype(np.float64)).max(initial=0.0)
+    assert err <= RTOL[np.dtype(dtype)] * factor * scale, f"max error {err:.3e} vs scale {scale:.3e}"
+
+
+@pytest.fixture
+def rng(request):
+    # One seed per test, derived from its name, so tests are independent and reproducible.
+    import zlib
+
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
