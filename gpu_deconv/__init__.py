@@ -9,11 +9,19 @@ from ._cache import cache_info, clear_cache, set_cache_limits
 from .conv import convolve, correlate
 from .grad import grad_h, grad_x
 from .operators import ConvolutionOperator
+from .solvers.cg import SolveInfo, cg
+from .solvers.deconvolve import deconvolve
+from .solvers.kernel import estimate_kernel
+from .solvers.multichannel import solve_multichannel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvolutionOperator",
+    "SolveInfo",
+    "cg",
+    "deconvolve",
+    "estimate_kernel",
     "cache_info",
     "clear_cache",
     "convolve",
@@ -23,5 +31,6 @@ __all__ = [
     "grad_x",
     "set_cache_limits",
     "set_workers",
+    "solve_multichannel",
     "__version__",
 ]

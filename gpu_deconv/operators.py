@@ -180,6 +180,13 @@ class ConvolutionOperator:
     def _shifts(self):
         return tuple(p.shift for p in self._plans)
 
+    def cache_key(self):
+        """Hashable identity: kernel contents, geometry, mode, boundary and convention."""
+        if self._key is None:
+            self._key = _cache.content_key(self._bk, self._h)
+        return (self._key, self.ndim, self.spatial_in_shape, self.mode, self.boundary, self.convention,
+                self.grid_shape, self._shifts())
+
     def spectrum(self, dtype=None):
         """Transfer function on :attr:`grid_shape` (half spectrum of ``rfftn``).
 

@@ -9,6 +9,9 @@ import itertools
 import numpy as np
 import pytest
 import scipy.signal
+
+import gpu_deconv as gd
+
 from conftest import assert_close, to_numpy
 from reference import (
     conv2_matlab,
@@ -18,8 +21,6 @@ from reference import (
     ref_matrix,
     scipy_convolve,
 )
-
-import gpu_deconv as gd
 
 MODES = ["full", "same", "valid"]
 BOUNDARIES = ["zero", "periodic", "symmetric", "reflect", "replicate"]

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import assert_close
-from reference import ref_convolve, ref_matrix
 
 import gpu_deconv as gd
+
+from conftest import assert_close
+from reference import ref_convolve, ref_matrix
 
 MODES = ["full", "same", "valid", "circular"]
 BOUNDARIES = ["zero", "periodic", "symmetric", "reflect", "replicate"]

@@ -1,0 +1,169 @@
+"""Closed forms: exact where a fast transform diagonalizes the normal equations.
+
+* circular (and same + periodic): the DFT. ``X = (conj(H) Y + alpha Z) / (|H|^2 + lam R + alpha)``
+  with ``R = sum_i w_i |G_i|^2``.
+* same + symmetric boundary with centre-symmetric odd kernels: the DCT-II
+  (Hansen, Nagy & O'Leary, "Deblurring Images", 2006, ch. 4).
+* the multi-channel proximal problem of DCDicL / convolutional sparse coding:
+  a rank-one system per frequency, solved by Sherman-Morrison.
+
+:func:`fourier_division` is the *approximation* of seed 000 for the
+non-circular modes; it is never chosen automatically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _cache
+from .._padding import embed_kernel, same_offset
+
+__all__ = ["spectral_filter", "apply_spectral_filter", "dct_filter", "fourier_division"]
+
+
+class SingularSystemError(ValueError):
+    """The normal equations are singular to working precision."""
+
+
+def _check_denominator(bk, den, ndim, lam, alpha):
+    """Refuse a (numerically) singular diagonal: min <= eps * max, per image."""
+    xp = bk.xp
+    axes = tuple(range(-ndim, 0))
+    dmin = bk.asnumpy(den.min(axis=axes)).ravel()
+    dmax = bk.asnumpy(den.max(axis=axes)).ravel()
+    eps = np.finfo(den.dtype).eps
+    bad = np.flatnonzero(~(dmin > eps * dmax))
+    if bad.size:
+        which = "" if dmin.size == 1 else f" (images {bad[:8].tolist()}{'...' if bad.size > 8 else ''})"
+        raise SingularSystemError(
+            "the normal equations are singular to working precision" + which + ": the kernel's transfer "
+            "function vanishes where the regularizer does not help "
+            f"(lam={_fmt(lam)}, alpha={_fmt(alpha)}); use lam > 0 with a regularizer that is nonzero "
+            "there (e.g. reg=None), or alpha > 0"
+        )
+    del xp
+
+
+def _fmt(v):
+    v = np.asarray(v)
+    return repr(float(v.ravel()[0])) if v.size == 1 else f"one per image, {v.size} values"
+
+
+def _lam_shape(bk, v, dtype, ndim):
+    """Per-image scalars (shape (B,) or ()) -> broadcastable against (B, *spectrum)."""
+    a = bk.xp.asarray(np.asarray(v, dtype=dtype))
+    return a.reshape(a.shape + (1,) * ndim)
+
+
+def spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype):
+    """The two filters of the circular closed form.
+
+    Returns ``W = conj(H) / D`` and ``V = alpha / D`` (or None when alpha is
+    all zero), ``D = |H|^2 + lam R + alpha``; `lam`, `alpha` are per image.
+    """
+    xp = bk.xp
+    lam_b = _lam_shape(bk, lam, dtype, ndim)
+    alpha_b = _lam_shape(bk, alpha, dtype, ndim)
+    den = Hs.real * Hs.real + Hs.imag * Hs.imag
+    if Rs is not None:
+        den = den + lam_b * Rs
+    den = den + alpha_b
+    _check_denominator(bk, den, ndim, lam, alpha)
+    W = xp.conj(Hs) / den
+    V = (alpha_b / den) if np.any(np.asarray(alpha) != 0) else None
+    return W, V
+
+
+def apply_spectral_filter(bk, W, V, y, z, grid):
+    """``irfftn(W rfftn(y) + V rfftn(z))`` on `grid`, in one pass over the spectrum."""
+    Y = bk.rfftn(y, grid)
+    Y *= W
+    if V is not None:
+        Y += V * bk.rfftn(z, grid)
+    return bk.irfftn(Y, grid)
+
+
+def _delta(bk, n, dtype):
+    d = bk.xp.zeros((1,) + tuple(n), dtype=dtype)
+    d[(0,) * (len(n) + 1)] = 1
+    return d
+
+
+def dct_eigenvalues(bk, apply, n, ndim):
+    """Eigenvalues in the orthonormal DCT-II basis of an operator known to be DCT-diagonal.
+
+    ``Lambda = DCT(A delta) / DCT(delta)`` with delta at the corner; every
+    entry of ``DCT(delta)`` is a product of ``cos(pi k / 2n)`` factors, never zero.
+    """
+    d = _delta(bk, n, np.float64)
+    num = bk.dctn(apply(d), ndim)
+    den = bk.dctn(d, ndim)
+    return num / den
+
+
+def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype):
+    """Filters of the DCT closed form: ``W = Lambda_A / D``, ``V = alpha / D``."""
+    lam_b = _lam_shape(bk, lam, np.float64, ndim)
+    alpha_b = _lam_shape(bk, alpha, np.float64, ndim)
+    den = lam_A * lam_A
+    if lam_R is not None:
+        den = den + lam_b * lam_R
+    den = den + alpha_b
+    _check_denominator(bk, den, ndim, lam, alpha)
+    W = (lam_A / den).astype(dtype)
+    V = (alpha_b / den).astype(dtype) if np.any(np.asarray(alpha) != 0) else None
+    return W, V
+
+
+def apply_dct_filter(bk, W, V, y, z, ndim):
+    Y = bk.dctn(y, ndim)
+    Y *= W
+    if V is not None:
+        Y += V * bk.dctn(z, ndim)
+    return bk.idctn(Y, ndim)
+
+
+def kernel_spectrum(bk, h, grid, shifts, dtype):
+    """rfftn of a kernel (trailing axes) placed on `grid` with the given origin shifts (cached)."""
+    key = ("rfft", _cache.content_key(bk, h), len(grid), tuple(grid), tuple(shifts), np.dtype(dtype).str)
+    cache = _cache.cache_for(bk)
+    s = cache.get(key)
+    if s is None:
+        s = bk.rfftn(embed_kernel(bk.xp, h.astype(dtype, copy=False), grid, shifts), grid)
+        cache.put(key, s)
+    return s
+
+
+def fourier_division(bk, y, h, terms_kernels, lam, alpha, z, mode, convention, n, ndim, dtype):
+    """Fourier division on the grid the data implies -- an approximation outside circular.
+
+    * full: seed 000's recipe: grid = y's size n + k - 1, kernel at the
+      origin, divide, keep the first n samples per axis.
+    * same: grid n, kernel centred as for ``same`` (identical to circular).
+    * valid: grid n (= y's size + k - 1), y zero-filled to it, kernel shifted
+      by k - 1 so that the first samples line up with the valid window.
+
+    The boundary model is ignored: this is the circular model on that grid.
+    """
+    k = h.shape[h.ndim - ndim:]
+    m = y.shape[y.ndim - ndim:]
+    if mode == "full":
+        grid, shifts = tuple(m), (0,) * ndim
+    elif mode in ("same", "circular"):
+        grid, shifts = tuple(n), tuple(same_offset(kk, convention) for kk in k)
+    else:
+        grid, shifts = tuple(n), tuple(kk - 1 for kk in k)
+    Hs = kernel_spectrum(bk, h, grid, shifts, dtype)
+    Rs = None
+    for w, g in terms_kernels:
+        P = 1.0 if g is None else _power(kernel_spectrum(bk, g, grid, (0,) * ndim, dtype))
+        Rs = w * P if Rs is None else Rs + w * P
+    if Rs is not None and not hasattr(Rs, "shape"):
+        Rs = bk.xp.full(Hs.shape[Hs.ndim - ndim:], Rs, dtype=dtype)
+    W, V = spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype)
+    x = apply_spectral_filter(bk, W, V, y, z, grid)
+    return bk.xp.ascontiguousarray(x[(Ellipsis,) + tuple(slice(0, a) for a in n)])
+
+
+def _power(S):
+    return S.real * S.real + S.imag * S.imag

@@ -1,0 +1,435 @@
+"""deconvolve: the exact regularized least-squares solution in every mode and boundary."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import _cache
+from .._backend import get_backend, is_cupy_array
+from .._validation import (
+    as_float_array,
+    broadcast_batch,
+    check_choice,
+    check_dtype_arg,
+    check_mode_boundary_convention,
+    check_ndim,
+    check_positive,
+)
+from ..operators import ConvolutionOperator
+from . import closed_form as cf
+from .cg import DEFAULT_MAXITER, SolveInfo, batched_cg
+from .precond import make_preconditioner
+from .regularizers import build_operators, is_centre_symmetric, parse_reg
+
+__all__ = ["deconvolve"]
+
+METHODS = ("auto", "fft", "dct", "cg", "fft_approx")
+
+
+# ----------------------------------------------------------------- inputs
+def _kernels(bk, h, dtype, ndim):
+    """h as one array; a list/tuple of arrays is one kernel per image (stacked)."""
+    if isinstance(h, (list, tuple)) and h and all(
+            isinstance(k, np.ndarray) or is_cupy_array(k) for k in h):
+        ks = [as_float_array(bk, f"h[{i}]", k, dtype) for i, k in enumerate(h)]
+        shapes = {tuple(k.shape) for k in ks}
+        if len(shapes) != 1:
+            raise ValueError(f"per-image kernels in h must share one shape; got {sorted(shapes)}")
+        arr = bk.xp.stack(ks)
+        return arr, check_ndim(arr.ndim - 1 if ndim is None else ndim, arr.ndim)
+    arr = as_float_array(bk, "h", h, dtype)
+    return arr, check_ndim(ndim, arr.ndim)
+
+
+def per_image(name, v, batch, *, allow_zero=True):
+    """A scalar or one value per image -> float64 array of shape `batch` (host)."""
+    if isinstance(v, bool) or v is None:
+        raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r}")
+    if is_cupy_array(v):
+        v = v.get()
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r:.60}") from None
+    if a.ndim and not isinstance(v, (numbers.Number, np.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a number or an array of numbers; got {type(v).__name__}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite; got {v!r:.60}")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be non-negative; got {v!r:.60}")
+    try:
+        return np.broadcast_to(a, batch).copy()
+    except ValueError:
+        raise ValueError(f"{name} must be a scalar or one value per image (batch shape {tuple(batch)}); "
+                         f"got shape {a.shape}") from None
+
+
+def _spatial_in(mode, m, k):
+    if mode in ("same", "circular"):
+        return tuple(m)
+    if mode == "valid":
+        return tuple(a + b - 1 for a, b in zip(m, k))
+    n = tuple(a - b + 1 for a, b in zip(m, k))
+    if any(v < 1 for v in n):
+        raise ValueError(f"mode='full' needs y at least as large as the kernel in every axis "
+                         f"(x has y.shape - k + 1 samples); y spatial shape {tuple(m)}, kernel {tuple(k)}")
+    return n
+
+
+def _image_array(bk, name, a, batch, n, dtype):
+    """An image-shaped argument (z, x0): spatial shape n, batch broadcast to `batch`."""
+    a = as_float_array(bk, name, a, dtype)
+    nd = len(n)
+    if a.ndim < nd or tuple(a.shape[a.ndim - nd:]) != tuple(n):
+        raise ValueError(f"{name} must have the unknown's shape {tuple(batch) + tuple(n)} "
+                         f"(or spatial shape {tuple(n)}); got {tuple(a.shape)}")
+    try:
+        return bk.xp.broadcast_to(a, tuple(batch) + tuple(n))
+    except ValueError:
+        raise ValueError(f"{name} batch axes {tuple(a.shape[:a.ndim - nd])} do not match "
+                         f"y's {tuple(batch)}") from None
+
+
+# ------------------------------------------------------------------ solve
+class _Problem:
+    """Validated problem in flat-batch form: y (B, *m), per-image lam/alpha (B,)."""
+
+
+def _dct_eligible(bk, prob):
+    if prob.mode != "same" or prob.boundary != "symmetric":
+        return "dct needs mode='same' with boundary='symmetric'"
+    if not is_centre_symmetric(bk, prob.h, prob.ndim):
+        return "dct needs a kernel of odd size, symmetric about its centre in every axis"
+    if prob.use_reg:
+        for t in prob.terms:
+            if t.is_identity:
+                continue
+            op = t.op
+            if op.mode != "same" or op.boundary != "symmetric":
+                return "dct needs every regularizer in mode='same' with boundary='symmetric'"
+            if not (t.neumann or is_centre_symmetric(bk, op.kernel, op.ndim)):
+                return "dct needs regularizer kernels of odd size, symmetric about their centre"
+    return None
+
+
+def _fft_eligible(prob):
+    if prob.mode != "circular":
+        return ("fft is exact only for mode='circular' (or same + periodic); "
+                "method='fft_approx' gives the Fourier-division approximation")
+    if prob.use_reg:
+        for t in prob.terms:
+            if not t.is_identity and t.op.mode != "circular":
+                return f"fft needs circular regularizers (got an operator with mode={t.op.mode!r})"
+    return None
+
+
+def _reg_power(bk, prob, dtype):
+    """R = sum_i w_i |G_i|^2 on the data grid (circular), or None without regularizer."""
+    if not prob.use_reg:
+        return None
+    R = None
+    spec = prob.A.spectrum(dtype).shape[-prob.ndim:]
+    for t in prob.terms:
+        if t.is_identity:
+            P = bk.xp.ones(spec, dtype=dtype)
+        else:
+            S = t.op.spectrum(dtype)
+            P = S.real * S.real + S.imag * S.imag
+        R = t.weight * P if R is None else R + t.weight * P
+    return R
+
+
+def _normal_reg(prob, x):
+    """sum_i w_i G_i^T G_i x (without lam)."""
+    out = None
+    for t in prob.terms:
+        v = x if t.is_identity else t.op._normal(x, x.shape[:1])
+        v = v * t.weight if t.weight != 1 else v
+        out = v if out is None else out + v
+    return out
+
+
+def _scal(bk, v, dtype, ndim):
+    return bk.xp.asarray(np.asarray(v, dtype=dtype)).reshape((-1,) + (1,) * ndim)
+
+
+def _make_normal(bk, prob, dtype):
+    A, nd = prob.A, prob.ndim
+    lam = _scal(bk, prob.lam, dtype, nd)
+    alpha = _scal(bk, prob.alpha, dtype, nd)
+    use_alpha = prob.use_alpha
+
+    def apply(x):
+        out = A._normal(x, x.shape[:1])
+        if prob.use_reg:
+            out += lam * _normal_reg(prob, x)
+        if use_alpha:
+            out += alpha * x
+        return out
+
+    return apply
+
+
+def deconvolve(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", convention="scipy",
+               alpha=0.0, z=None, method="auto", rtol=1e-6, maxiter=None, x0=None,
+               return_info=False, precondition=True, ndim=None, dtype=None):
+    """Exact regularized least-squares deconvolution, batched, on NumPy or CuPy.
+
+    Solves, for each image of the batch,
+
+    ``argmin_x 1/2 ||h * x - y||^2 + lam/2 sum_i w_i ||G_i x||^2 + alpha/2 ||x - z||^2``
+
+    where ``h * x`` is :func:`gpu_deconv.convolve` in the given mode, boundary
+    and convention.
+
+    Parameters
+    ----------
+    y : array
+        Data, shape ``(..., *m)``; leading axes are a batch of images.
+    h : array or list of arrays
+        One kernel for the whole batch, or one per image: a list of
+        arrays, or an array whose leading axes are kernel batch axes when
+        `ndim` < ``h.ndim``.
+    lam : float or array, optional
+        Regularization weight, scalar or one per image (>= 0). Default 0.
+    reg : None, "laplacian", "gradient", array, ConvolutionOperator or list of (w, G)
+        The regularizers G_i. ``None``: identity (plain Tikhonov).
+        ``"laplacian"``: the (2N+1)-point Laplacian. ``"gradient"``: forward
+        differences along every axis, summed. A bare kernel (and the two
+        built-ins) gets ``mode="same"`` with this call's boundary and
+        convention (``"circular"`` when the data term is circular); a
+        :class:`~gpu_deconv.ConvolutionOperator` keeps its own.
+    mode : {"same", "valid", "full", "circular"}, optional
+        The data model. The unknown x has shape ``y.shape`` (same,
+        circular), ``y.shape + k - 1`` (valid) or ``y.shape - k + 1`` (full).
+    boundary, convention : str, optional
+        As in :func:`gpu_deconv.convolve`.
+    alpha : float or array, optional
+        Proximal weight (>= 0); needs `z` when positive.
+    z : array, optional
+        Proximal centre, the unknown's shape (batch axes may broadcast).
+    method : {"auto", "fft", "dct", "cg", "fft_approx"}, optional
+        ``"auto"`` uses an exact closed form where one exists -- ``"fft"``
+        for circular (and same + periodic) with circular regularizers,
+        ``"dct"`` for same + symmetric with centre-symmetric odd kernels --
+        and preconditioned CG otherwise. ``"fft_approx"`` is Fourier division
+        on the grid the data implies: an *approximation* outside circular
+        (for full, seed 000's recipe), never chosen by ``"auto"``.
+    rtol : float, optional
+        CG stops an image when the normal-equation residual
+        ``||b - M x|| <= rtol ||b||``. Default 1e-6.
+    maxiter : int, optional
+        CG iteration limit per image (default 1000).
+    x0 : array, optional
+        CG starting guess (default zeros).
+    return_info : bool, optional
+        Also return a :class:`~gpu_deconv.SolveInfo`.
+    precondition : bool or {"band", "circulant"}, optional
+        CG preconditioner. True (default) is ``"band"``: the circulant
+        (Fourier-division) approximation on a padded grid plus an exact-stencil
+        block model of the layers next to each face, where the circulant
+        model is worst. ``"circulant"`` uses the first part alone; False
+        runs plain CG.
+    ndim : int, optional
+        Number of spatial axes (default ``h.ndim``, or the kernels' ndim for a list).
+    dtype : {None, float32, float64}, optional
+        Working precision (default: that of y; integers become float64).
+
+    Returns
+    -------
+    x : array
+        Same module and floating dtype as `y`.
+    info : SolveInfo
+        Only with ``return_info=True``: method, and per image iterations,
+        relative residual of the normal equations, converged, breakdown.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or values, a method that is not exact for this problem, a
+        singular closed-form system (``lam = alpha = 0`` with a vanishing
+        transfer function).
+
+    Notes
+    -----
+    ``full`` has no closed form: ``P^T C^H C P`` is Toeplitz, not circulant,
+    so Fourier division is only an approximation there (see README).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gpu_deconv
+    >>> rng = np.random.default_rng(0)
+    >>> x_true = rng.standard_normal((32, 32))
+    >>> h = np.ones((5, 5)) / 25
+    >>> y = gpu_deconv.convolve(x_true, h, "valid")
+    >>> x, info = gpu_deconv.deconvolve(y, h, mode="valid", lam=1e-4, return_info=True)
+    >>> x.shape, info.method, bool(info.converged.all())
+    ((32, 32), 'cg', True)
+    """
+    check_mode_boundary_convention(mode, boundary, convention)
+    check_choice("method", method, METHODS)
+    rtol = check_positive("rtol", rtol)
+    if precondition is True:
+        precondition = "band"
+    elif precondition is not False:
+        check_choice("precondition", precondition, ("band", "circulant"))
+    maxiter = DEFAULT_MAXITER if maxiter is None else check_positive("maxiter", maxiter, integer=True)
+    prob = build_problem(y, h, lam=lam, reg=reg, mode=mode, boundary=boundary, convention=convention,
+                         alpha=alpha, z=z, x0=x0, ndim=ndim, dtype=dtype)
+    method = choose_method(prob, method)
+    if method == "cg":
+        x, info = _solve_cg(prob, rtol, maxiter, precondition, return_info)
+    else:
+        x = _solve_closed(prob, method)
+        info = _closed_info(prob, method, x, rtol) if return_info else None
+    x = x.reshape(tuple(prob.batch) + tuple(prob.n))
+    return (x, info) if return_info else x
+
+
+def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", convention="scipy",
+                  alpha=0.0, z=None, x0=None, ndim=None, dtype=None):
+    """Validate a deconvolution problem and put it in flat-batch form (leading axis B)."""
+    check_mode_boundary_convention(mode, boundary, convention)
+    dtype = check_dtype_arg(dtype)
+    bk = get_backend(y=y, h=h, z=z, x0=x0)
+    y = as_float_array(bk, "y", y, dtype)
+    wdt = y.dtype
+    h, nd = _kernels(bk, h, wdt, ndim)
+    if y.ndim < nd:
+        raise ValueError(f"y has {y.ndim} dimensions but the kernel has {nd} spatial axes; "
+                         f"shapes: y {tuple(y.shape)}, h {tuple(h.shape)}")
+    if mode == "same" and boundary == "periodic":
+        mode = "circular"  # identical models; the closed form applies
+    if mode == "circular":
+        boundary = "periodic"
+    m = tuple(y.shape[y.ndim - nd:])
+    kshape = tuple(h.shape[h.ndim - nd:])
+    n = _spatial_in(mode, m, kshape)
+    batch = broadcast_batch("y", y.shape[:y.ndim - nd], "h", h.shape[:h.ndim - nd])
+    lam_a = per_image("lam", lam, batch)
+    alpha_a = per_image("alpha", alpha, batch)
+    if bool(np.any(alpha_a > 0)) and z is None:
+        raise ValueError("alpha > 0 needs z (the proximal centre, with the unknown's shape)")
+    terms = parse_reg(bk, reg, nd)
+    zf = _image_array(bk, "z", z, batch, n, wdt) if z is not None else None
+    x0f = _image_array(bk, "x0", x0, batch, n, wdt) if x0 is not None else None
+
+    B = int(np.prod(batch)) if batch else 1
+    kb = h.shape[:h.ndim - nd]
+    prob = _Problem()
+    prob.bk, prob.dtype, prob.batch, prob.B = bk, wdt, tuple(batch), B
+    prob.mode, prob.boundary, prob.convention, prob.ndim = mode, boundary, convention, nd
+    prob.kshape, prob.n, prob.m = kshape, n, m
+    prob.y = bk.xp.broadcast_to(y, tuple(batch) + m).reshape((B,) + m)
+    prob.h = bk.xp.broadcast_to(h, tuple(batch) + kshape).reshape((B,) + kshape) if kb else h
+    prob.z = zf.reshape((B,) + n) if zf is not None else None
+    prob.x0 = x0f.reshape((B,) + n) if x0f is not None else None
+    prob.lam, prob.alpha = lam_a.reshape(B), alpha_a.reshape(B)
+    prob.use_reg = bool(np.any(lam_a > 0))
+    prob.use_alpha = bool(np.any(alpha_a > 0))
+    prob.A = ConvolutionOperator(prob.h, n, mode, boundary=boundary, convention=convention, ndim=nd)
+    prob.terms = build_operators(terms, n, circular=mode == "circular", boundary=boundary,
+                                 convention=convention, dtype=wdt)
+    return prob
+
+
+def choose_method(prob, method):
+    """Resolve "auto"; refuse a closed form that is not exact for this problem."""
+    if method == "auto":
+        if _fft_eligible(prob) is None:
+            return "fft"
+        if _dct_eligible(prob.bk, prob) is None:
+            return "dct"
+        return "cg"
+    if method in ("fft", "dct"):
+        why = _fft_eligible(prob) if method == "fft" else _dct_eligible(prob.bk, prob)
+        if why:
+            raise ValueError(f"method={method!r} is not exact here: {why}")
+    return method
+
+
+def _filter_key(prob, method):
+    """Identity of a closed-form filter: kernels, regularizers, weights, geometry, dtype."""
+    regs = []
+    if prob.use_reg:
+        for t in prob.terms:
+            regs.append((t.weight, "I") if t.is_identity else (t.weight, t.op.cache_key()))
+    return (method, prob.A.cache_key(), tuple(regs), prob.lam.tobytes() if prob.use_reg else b"",
+            prob.alpha.tobytes(), prob.dtype.str)
+
+
+def _solve_closed(prob, method):
+    bk, nd, wdt = prob.bk, prob.ndim, prob.dtype
+    if method == "fft_approx":
+        tk = [(t.weight, None if t.is_identity else t.op.kernel) for t in prob.terms] if prob.use_reg else []
+        return cf.fourier_division(bk, prob.y, prob.h, tk, prob.lam, prob.alpha, prob.z, prob.mode,
+                                   prob.convention, prob.n, nd, wdt)
+    cache = _cache.cache_for(bk)
+    key = _filter_key(prob, method)
+    filters = cache.get(key)
+    if method == "fft":
+        if filters is None:
+            Hs = prob.A.spectrum(wdt)
+            filters = cache.put(key, cf.spectral_filter(bk, Hs, _reg_power(bk, prob, wdt), prob.lam,
+                                                        prob.alpha, nd, wdt))
+        return cf.apply_spectral_filter(bk, *filters, prob.y, prob.z, prob.n)
+    if filters is None:
+        filters = cache.put(key, _dct_filters(prob))
+    return cf.apply_dct_filter(bk, *filters, prob.y, prob.z, nd)
+
+
+def _dct_filters(prob):
+    bk, n, nd = prob.bk, prob.n, prob.ndim
+    lam_A = cf.dct_eigenvalues(bk, lambda d: prob.A._forward(d, (1,)), n, nd)
+    lam_R = None
+    if prob.use_reg:
+        for t in prob.terms:
+            if t.is_identity:
+                L = bk.xp.ones(n)
+            else:
+                L = cf.dct_eigenvalues(bk, lambda d, op=t.op: op._normal(d, (1,)), n, nd)
+            lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
+    return cf.dct_filter(bk, lam_A, lam_R, prob.lam, prob.alpha, nd, prob.dtype)
+
+
+def _closed_info(prob, method, x, rtol):
+    res = _residual(prob, x)
+    conv = np.ones(prob.B, bool) if method != "fft_approx" else res <= rtol
+    shape = prob.batch
+    return SolveInfo(method, np.zeros(shape, np.int64), res.reshape(shape), conv.reshape(shape),
+                     np.zeros(shape, bool), np.zeros(shape, bool))
+
+
+def _rhs(prob):
+    b = prob.A._adjoint(prob.y, (prob.B,))
+    if prob.use_alpha:
+        b = b + _scal(prob.bk, prob.alpha, prob.dtype, prob.ndim) * prob.z
+    return b
+
+
+def _solve_cg(prob, rtol, maxiter, precondition, return_info):
+    bk = prob.bk
+    normal = _make_normal(bk, prob, prob.dtype)
+    M = make_preconditioner(bk, prob, prob.dtype, precondition) if precondition else None
+    x, d = batched_cg(bk, normal, _rhs(prob), prob.ndim, x0=prob.x0, rtol=rtol, maxiter=maxiter, M=M,
+                      keep_history=return_info)
+    shape = prob.batch
+    info = SolveInfo("cg", d["iterations"].reshape(shape), d["residual"].reshape(shape),
+                     d["converged"].reshape(shape), d["breakdown"].reshape(shape),
+                     d["stagnated"].reshape(shape), rtol=rtol, preconditioned=M is not None,
+                     history=d["history"])
+    return x, info
+
+
+def _residual(prob, x):
+    """||b - M x|| / ||b|| per image (float64 host array)."""
+    bk, nd = prob.bk, prob.ndim
+    b = _rhs(prob)
+    r = b - _make_normal(bk, prob, prob.dtype)(x)
+    axes = tuple(range(-nd, 0))
+    num = bk.asnumpy(bk.xp.sqrt((r * r).sum(axis=axes))).astype(np.float64)
+    den = bk.asnumpy(bk.xp.sqrt((b * b).sum(axis=axes))).astype(np.float64)
+    return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)

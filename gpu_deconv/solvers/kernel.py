@@ -1,0 +1,218 @@
+"""estimate_kernel: the kernel-side least-squares problem (seed 001's gradient in h, seed 002's min over K).
+
+``argmin_h 1/2 sum_b ||h * x_b - y_b||^2 + lam/2 ||h||^2`` over kernels of a
+given shape. The unknown has only K = prod(kernel_shape) entries, so the
+K x K normal matrix is built exactly and solved directly:
+
+* column i of ``X^T X`` is ``X^T (X e_i)``; ``X e_i`` is the boundary-extended
+  image shifted by tap i and cut to the output window, and ``X^T`` of it is an
+  FFT correlation with the extended image read at the K taps;
+* circular, and full with a zero boundary, need no window: ``X^T X`` is then
+  the Toeplitz matrix of the image's (circular / linear) autocorrelation,
+  from a single FFT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._backend import get_backend
+from .._padding import pad
+from .._validation import as_float_array, check_shape
+from ..conv import _prepare
+from .deconvolve import per_image
+
+__all__ = ["estimate_kernel"]
+
+#: Bytes of work arrays one chunk of normal-matrix columns may take.
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _tap_offsets(op):
+    """Per axis: the grid index (shift - i) mod G that tap i reads."""
+    return [(p.shift - np.arange(p.k)) % p.G for p in op._plans]
+
+
+def _read_taps(xp, corr, offsets, nd):
+    for ax, idx in enumerate(offsets):
+        corr = xp.take(corr, xp.asarray(idx), axis=ax - nd)
+    return corr
+
+
+def _extended_for_windows(xp, x, xe, op):
+    """The image extended by k-1-j0 before and j0+m-n after each axis (zeros for 'zero').
+
+    Output t of tap i then reads position ``t + k - 1 - i`` of it, for every mode.
+    """
+    if op.boundary != "zero":
+        return xe  # pad() already used exactly these widths
+    widths = [(0, 0)] * (x.ndim - op.ndim)
+    for p in op._plans:
+        j0 = p.shift
+        widths.append((p.k - 1 - j0, max(0, j0 + p.m - p.n)))
+    return xp.pad(x, widths)
+
+
+def _window_of_shift(xp, xw, op, tap):
+    """(X e_tap): the extended image shifted by `tap`, cut to the output window."""
+    nd = len(tap)
+    if op.mode == "circular":
+        v = xw
+        for ax, (p, i) in enumerate(zip(op._plans, tap)):
+            v = xp.roll(v, -(p.shift - i), axis=ax - nd)
+        return v
+    return xw[(Ellipsis,) + tuple(slice(p.k - 1 - i, p.k - 1 - i + p.m) for p, i in zip(op._plans, tap))]
+
+
+def estimate_kernel(x, y, kernel_shape, *, lam=0.0, mode="valid", boundary="zero",
+                    convention="scipy", dtype=None):
+    """Exact least-squares kernel from sharp/blurred image pairs.
+
+    Minimises ``1/2 sum_b ||h * x_b - y_b||^2 + lam/2 ||h||^2`` over kernels
+    `h` of shape `kernel_shape`, where ``*`` is :func:`gpu_deconv.convolve` in
+    the given mode, boundary and convention, summed over the batch.
+
+    Parameters
+    ----------
+    x : array
+        Sharp images, shape ``(..., *n)``.
+    y : array
+        Blurred images, shape ``(..., *m)`` with m the output shape of `mode`
+        for n and `kernel_shape`; batch axes broadcast with x's.
+    kernel_shape : tuple of int
+        Shape of the kernel (its length is the number of spatial axes).
+    lam : float, optional
+        Ridge weight (>= 0). Default 0.
+    mode, boundary, convention : str, optional
+        The forward model, as in :func:`gpu_deconv.convolve`. Default
+        ``mode="valid"`` (no boundary assumption at all).
+    dtype : {None, float32, float64}, optional
+        Working precision (default: that of x). The K x K system is always
+        solved in float64.
+
+    Returns
+    -------
+    h : array
+        Shape `kernel_shape`, module and dtype of `x`.
+
+    Raises
+    ------
+    ValueError
+        If the normal matrix is singular (e.g. ``lam=0`` with a constant
+        image, or fewer data than taps).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gpu_deconv
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((40, 40)); h = rng.standard_normal((5, 4))
+    >>> y = gpu_deconv.convolve(x, h, "valid")
+    >>> np.allclose(gpu_deconv.estimate_kernel(x, y, (5, 4)), h)
+    True
+    """
+    kernel_shape = check_shape("kernel_shape", kernel_shape)
+    bk = get_backend(x=x, y=y)
+    xp = bk.xp
+    probe = xp.zeros(kernel_shape, dtype=np.float64)
+    op, x = _prepare(x, probe, mode, boundary, convention, None, dtype)
+    nd = op.ndim
+    y = as_float_array(bk, "y", y, x.dtype, allow_empty=op._empty)
+    xb = x.shape[:x.ndim - nd]
+    if y.ndim < nd or tuple(y.shape[y.ndim - nd:]) != op.spatial_out_shape:
+        raise ValueError(f"y must have spatial shape {op.spatial_out_shape} (mode={op.mode!r} output for x "
+                         f"{op.spatial_in_shape} and kernel {kernel_shape}); got {tuple(y.shape)}")
+    batch = tuple(np.broadcast_shapes(xb, y.shape[:y.ndim - nd]))
+    lam = float(per_image("lam", lam, ()))
+    K = int(np.prod(kernel_shape))
+    if op._empty:
+        raise ValueError("the output window is empty (mode='valid' with a kernel larger than x): "
+                         "there is no data to estimate the kernel from")
+    x = xp.broadcast_to(x, batch + op.spatial_in_shape)
+    y = xp.broadcast_to(y, batch + op.spatial_out_shape)
+    grid = op.grid_shape
+    xe = pad(xp, x, op._plans, op.boundary)
+    XE = bk.rfftn(xe, grid)
+    offsets = _tap_offsets(op)
+    red = tuple(range(len(batch)))
+
+    # Right-hand side X^T y: correlation of y with the extended image at the taps.
+    Yh = bk.rfftn(y, grid)
+    rhs = _read_taps(xp, bk.irfftn(xp.conj(Yh) * XE, grid), offsets, nd)
+    rhs = rhs.sum(axis=red) if red else rhs
+
+    if op.mode == "circular" or (op.mode == "full" and op.boundary == "zero"):
+        N = _toeplitz_normal(bk, x, op, kernel_shape)
+    else:
+        xw = _extended_for_windows(xp, x, xe, op)
+        N = _windowed_normal(bk, xw, XE, op, offsets, batch, kernel_shape)
+    N = bk.asnumpy(N).reshape(K, K).astype(np.float64)
+    N = 0.5 * (N + N.T)
+    N[np.diag_indices(K)] += lam
+    b = bk.asnumpy(rhs).reshape(K).astype(np.float64)
+    scale = max(np.abs(np.diag(N)).max(initial=0.0), np.finfo(float).tiny)
+    try:
+        c, low = _cho_factor(N)
+        ok = np.all(np.isfinite(c)) and np.abs(np.diag(c)).min() ** 2 > 1e-13 * scale
+    except np.linalg.LinAlgError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            "the kernel's normal matrix is singular: the images do not determine every tap "
+            f"(lam={lam!r}); give lam > 0, more or richer images, or a smaller kernel_shape"
+        )
+    from scipy.linalg import cho_solve
+
+    h = cho_solve((c, low), b).reshape(kernel_shape)
+    return xp.asarray(h.astype(x.dtype))
+
+
+def _cho_factor(N):
+    from scipy.linalg import cho_factor
+
+    return cho_factor(N, lower=True, check_finite=True)
+
+
+def _toeplitz_normal(bk, x, op, kernel_shape):
+    """X^T X = T[i - i'] from one autocorrelation (circular, or linear for full + zero)."""
+    xp = bk.xp
+    nd = op.ndim
+    if op.mode == "circular":
+        grid = op.spatial_in_shape
+    else:
+        grid = tuple(bk.next_fast_len(2 * n) for n in op.spatial_in_shape)
+    Xf = bk.rfftn(x, grid)
+    R = bk.irfftn(Xf.real * Xf.real + Xf.imag * Xf.imag, grid)
+    lead = tuple(range(R.ndim - nd))
+    if lead:
+        R = R.sum(axis=lead)
+    # N[i, i'] = R[(i' - i) mod G] (R is even: R[d] = R[-d]).
+    idx = [np.subtract.outer(np.arange(k), np.arange(k)) % G for k, G in zip(kernel_shape, grid)]
+    out = R
+    for ax, d in enumerate(idx):
+        # take along axis ax with a (k, k) index: axis ax becomes (i_ax, i'_ax)
+        out = xp.take(out, xp.asarray(d), axis=2 * ax)
+    # out axes: (i0, i0', i1, i1', ...) -> (i0, i1, ..., i0', i1', ...)
+    perm = [2 * a for a in range(nd)] + [2 * a + 1 for a in range(nd)]
+    return xp.transpose(out, perm)
+
+
+def _windowed_normal(bk, xw, XE, op, offsets, batch, kernel_shape):
+    """Columns X^T (X e_i) in chunks of taps, batched FFTs."""
+    xp = bk.xp
+    nd = op.ndim
+    grid = op.grid_shape
+    K = int(np.prod(kernel_shape))
+    per_col = int(np.prod(batch or (1,))) * int(np.prod(grid)) * xw.dtype.itemsize * 4
+    chunk = max(1, min(K, _CHUNK_BYTES // max(per_col, 1)))
+    taps = list(np.ndindex(*kernel_shape))
+    cols = []
+    red = tuple(range(1, 1 + len(batch)))
+    for s in range(0, K, chunk):
+        vs = xp.stack([_window_of_shift(xp, xw, op, t) for t in taps[s:s + chunk]])
+        V = bk.rfftn(vs, grid)
+        corr = bk.irfftn(xp.conj(V) * XE, grid)
+        c = _read_taps(xp, corr, offsets, nd)
+        cols.append(c.sum(axis=red) if red else c)
+    N = xp.concatenate(cols).reshape((K, K))
+    return N
