@@ -7,7 +7,7 @@ import gpu_deconv as gd
 from gpu_deconv._backend import numpy_backend
 from gpu_deconv.data import gaussian_kernel, scene
 from gpu_deconv.solvers.deconvolve import build_problem
-from gpu_deconv.solvers.precond import band_stencil, make_preconditioner
+from gpu_deconv.solvers.precond import band_rows, band_stencil, make_preconditioner
 from gpu_deconv.solvers.regularizers import laplacian_kernel
 
 COMBOS = [(m, b) for m in ("same", "valid", "full")
@@ -15,27 +15,27 @@ COMBOS = [(m, b) for m in ("same", "valid", "full")
 
 
 @pytest.mark.parametrize("mode,boundary", COMBOS)
-@pytest.mark.parametrize("side", ["low", "high"])
 @pytest.mark.parametrize("axis", [0, 1])
-def test_band_stencil_matches_brute_force(rng, mode, boundary, side, axis):
+def test_band_stencil_matches_brute_force(rng, mode, boundary, axis):
     # (G^T G)[(r, j), (r', j + d)] read off G^T G applied to deltas, far
     # from the faces the band does not touch.
     n = (30, 31)
     g = rng.standard_normal((4, 3))
     op = gd.ConvolutionOperator(g, n, mode, boundary=boundary)
     w = 5
-    S = band_stencil(g, op._plans[axis], op.boundary, axis, side, w)
+    rows = band_rows(n[axis], w)
+    S = band_stencil(g, op._plans[axis], op.boundary, axis, rows)
     kt = g.shape[1 - axis]
     j0 = n[1 - axis] // 2
-    for rp in range(w):
-        row = rp if side == "low" else n[axis] - w + rp
+    for rp in range(2 * w):
+        row = rows[rp]
         delta = np.zeros(n)
         idx = [0, 0]
         idx[axis], idx[1 - axis] = row, j0
         delta[tuple(idx)] = 1.0
         col = op.normal(delta)
-        for r in range(w):
-            rr = r if side == "low" else n[axis] - w + r
+        for r in range(2 * w):
+            rr = rows[r]
             for d in range(-(kt - 1), kt):
                 # S[r, r', d] is the coefficient of x[(r', j + d)] in (Mx)[(r, j)],
                 # i.e. M[(r, j0 - d), (r', j0)].

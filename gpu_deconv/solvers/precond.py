@@ -87,22 +87,33 @@ def _tangential_xcorr(g, axis):
     return np.fft.irfftn(F[:, None] * R[None, :], s=s, axes=taxes2)
 
 
-def band_stencil(g, plan, boundary, axis, side, w):
-    """Band stencil ``S[r, r', d]`` of ``G^T G`` next to one face.
+def band_rows(n, w):
+    """Rows of the band of one axis: the w layers at each end (all rows if they meet)."""
+    if 2 * w >= n:
+        return np.arange(n)
+    return np.concatenate([np.arange(w), np.arange(n - w, n)])
 
-    ``(G^T G)[(r, j), (r', j + d)] = S[r, r', d]`` for rows r, r' of the band
-    (the w layers at the low or high end of `axis`) and tangential positions j
-    away from the other faces. `plan` is G's AxisPlan along `axis`; `g` the
-    kernel (host, float64). The tangential offset d is stored shifted by kt-1.
+
+def band_stencil(g, plan, boundary, axis, rows):
+    """Band stencil ``S[r, r', d]`` of ``G^T G`` on a set of rows of one axis.
+
+    ``(G^T G)[(rows[r], j), (rows[r'], j + d)] = S[r, r', d]`` for tangential
+    positions j away from the faces of the other axes. Both ends of the axis
+    form one band, so the coupling of opposite faces (periodic extensions,
+    short axes) is part of the model. `plan` is G's AxisPlan along `axis`;
+    `g` the kernel (host, float64). The tangential offset d is stored shifted
+    by kt-1.
     """
+    rows = np.asarray(rows)
+    where = np.full(plan.n, -1)
+    where[rows] = np.arange(rows.size)
     t = np.arange(plan.m)[:, None]
     i = np.arange(plan.k)[None, :]
     src = source_index(boundary, plan.n, t + plan.shift - i - plan.L)
-    lo = 0 if side == "low" else plan.n - w
-    r = src - lo
-    ok = (src >= 0) & (r >= 0) & (r < w)
+    r = np.where(src >= 0, where[np.maximum(src, 0)], -1)
+    ok = r >= 0
     X = _tangential_xcorr(g, axis)
-    S = np.zeros((w, w) + X.shape[2:])
+    S = np.zeros((rows.size, rows.size) + X.shape[2:])
     ii = np.broadcast_to(i, ok.shape)
     for row in np.flatnonzero(ok.any(axis=1)):
         sel = ok[row]
@@ -154,61 +165,52 @@ def _host(bk, a):
 
 
 def band_part(bk, prob, dtype):
-    """Additive band corrections, one per face; returns ``r -> sum_f E_f B_f^-1 E_f^T r``."""
+    """Additive band corrections, one per axis; returns ``(r, out) -> out + sum_a E_a B_a^-1 E_a^T r``."""
     xp, nd = bk.xp, prob.ndim
     lam = np.asarray(prob.lam, dtype=np.float64)
     alpha = np.asarray(prob.alpha, dtype=np.float64)
     Bimg = lam.shape[0]
     A = prob.A
     hs = _host(bk, A.kernel)
-    per_image_kernel = bool(A.kernel_batch)
+    kernels = hs if A.kernel_batch else hs[None]
     corrections = []
     for axis in range(nd):
         w, tang, grid_t = _band_geometry(prob, axis)
-        if w < 1:
-            continue
-        for side in ("low", "high"):
-            # Data term: one stencil per kernel.
-            kernels = hs if per_image_kernel else hs[None]
-            Sd = [band_stencil(k, A._plans[axis], A.boundary, axis, side, w) for k in kernels]
-            Bd = np.stack([_symbol(S, grid_t) for S in Sd])  # (1 or B, F, w, w)
-            Btot = np.broadcast_to(Bd, (Bimg,) + Bd.shape[1:]).copy()
-            if prob.use_reg:
-                Br = None
-                for t in prob.terms:
-                    if t.is_identity:
-                        S = _identity_stencil(w, len(tang))
-                    else:
-                        S = band_stencil(_host(bk, t.op.kernel), t.op._plans[axis], t.op.boundary,
-                                         axis, side, w)
-                    Bt = t.weight * _symbol(S, grid_t)
-                    Br = Bt if Br is None else Br + Bt
-                Btot += lam[:, None, None, None] * Br[None]
-            Btot += alpha[:, None, None, None] * np.eye(w)[None, None]
-            # Hermitian PSD per frequency: invert through eigh with a floor.
-            ev, V = np.linalg.eigh(Btot)
-            top = ev.max(axis=(1, 2), keepdims=True)
-            ev = np.maximum(ev, np.maximum(top * 1e3 * np.finfo(dtype).eps, np.finfo(dtype).tiny))
-            Binv = (V / ev[..., None, :]) @ np.conj(np.swapaxes(V, -1, -2))
-            spec_shape = _spec_shape(grid_t)
-            Binv = Binv.reshape((Bimg,) + spec_shape + (w, w))
-            cdt = np.complex64 if np.dtype(dtype) == np.float32 else np.complex128
-            if not tang:
-                Binv = Binv.real.astype(dtype)
-            else:
-                Binv = Binv.astype(cdt)
-            corrections.append((axis, side, w, tang, grid_t, xp.asarray(Binv)))
+        rows = band_rows(prob.n[axis], w)
+        nr = rows.size
+        # Data term: one stencil per kernel.
+        Bd = np.stack([_symbol(band_stencil(k, A._plans[axis], A.boundary, axis, rows), grid_t)
+                       for k in kernels])  # (1 or B, F, nr, nr)
+        Btot = np.broadcast_to(Bd, (Bimg,) + Bd.shape[1:]).copy()
+        if prob.use_reg:
+            Br = None
+            for t in prob.terms:
+                if t.is_identity:
+                    S = _identity_stencil(nr, len(tang))
+                else:
+                    S = band_stencil(_host(bk, t.op.kernel), t.op._plans[axis], t.op.boundary, axis, rows)
+                Bt = t.weight * _symbol(S, grid_t)
+                Br = Bt if Br is None else Br + Bt
+            Btot += lam[:, None, None, None] * Br[None]
+        Btot += alpha[:, None, None, None] * np.eye(nr)[None, None]
+        # Hermitian PSD per frequency: invert through eigh with a floor.
+        ev, V = np.linalg.eigh(Btot)
+        top = ev.max(axis=(1, 2), keepdims=True)
+        ev = np.maximum(ev, np.maximum(top * 1e3 * np.finfo(dtype).eps, np.finfo(dtype).tiny))
+        Binv = (V / ev[..., None, :]) @ np.conj(np.swapaxes(V, -1, -2))
+        Binv = Binv.reshape((Bimg,) + _spec_shape(grid_t) + (nr, nr))
+        cdt = np.complex64 if np.dtype(dtype) == np.float32 else np.complex128
+        Binv = Binv.real.astype(dtype) if not tang else Binv.astype(cdt)
+        corrections.append((axis, xp.asarray(rows), tang, grid_t, xp.asarray(Binv)))
 
     n = prob.n
 
     def apply(r, out):
-        for axis, side, w, tang, grid_t, Binv in corrections:
-            sl = slice(0, w) if side == "low" else slice(n[axis] - w, n[axis])
-            idx = (slice(None),) + tuple(sl if a == axis else slice(None) for a in range(nd))
-            rb = xp.moveaxis(r[idx], axis + 1, -1)  # (B, *tangential, w)
+        for axis, rows, tang, grid_t, Binv in corrections:
+            rb = xp.moveaxis(xp.take(r, rows, axis=axis + 1), axis + 1, -1)  # (B, *tangential, nr)
             if tang:
-                Rb = bk.rfftn(xp.moveaxis(rb, -1, 1), grid_t)  # (B, w, *spec)
-                Rb = xp.moveaxis(Rb, 1, -1)[..., None]  # (B, *spec, w, 1)
+                Rb = bk.rfftn(xp.moveaxis(rb, -1, 1), grid_t)  # (B, nr, *spec)
+                Rb = xp.moveaxis(Rb, 1, -1)[..., None]  # (B, *spec, nr, 1)
                 Zb = xp.matmul(Binv, Rb)[..., 0]
                 zb = bk.irfftn(xp.moveaxis(Zb, -1, 1), grid_t)
                 zb = zb[(slice(None), slice(None)) + tuple(slice(0, n[a]) for a in tang)]
@@ -216,7 +218,8 @@ def band_part(bk, prob, dtype):
             else:
                 zb = xp.matmul(Binv, rb[..., None])[..., 0]
                 zb = xp.moveaxis(zb, -1, axis + 1)
-            out[idx] += zb
+            idx = (slice(None),) * (axis + 1) + (rows,)
+            out[idx] += zb  # rows are distinct, so += adds once per row
         return out
 
     return apply
@@ -228,16 +231,46 @@ def _spec_shape(grid_t):
     return tuple(grid_t[:-1]) + (grid_t[-1] // 2 + 1,)
 
 
+def taper(bk, prob, dtype):
+    """Diagonal weights that fade the circulant part out towards the faces.
+
+    1 in the interior, falling linearly to 0 at each face over about half
+    the band width (product over axes). Where the bands take over, the
+    circulant model is switched off rather than added on top: near a face
+    whose pixels M weights heavily (replicate, full mode) an added circulant
+    term would make the preconditioner far too large there.
+    """
+    t = None
+    for axis in range(prob.ndim):
+        w = _band_geometry(prob, axis)[0]
+        tau = max(1, -(-w // 2) + 1)
+        n = prob.n[axis]
+        d = np.minimum(np.arange(n), np.arange(n)[::-1])
+        ta = np.clip(d / tau, 0.0, 1.0) if 2 * w < n else np.zeros(n)
+        shape = [1] * prob.ndim
+        shape[axis] = n
+        ta = ta.reshape(shape)
+        t = ta if t is None else t * ta
+    return bk.xp.asarray(t.astype(dtype))
+
+
 def make_preconditioner(bk, prob, dtype, kind="band"):
-    """``kind``: "circulant" (padded-grid Fourier division) or "band" (circulant + face bands)."""
+    """``kind``: "circulant" (padded-grid Fourier division) or "band" (tapered circulant + bands).
+
+    "band": ``P r = T C^-1 (T r) + sum_a E_a B_a^-1 E_a^T r`` with T from
+    :func:`taper`; SPD, since the bands cover every row where T < 1.
+    """
     if kind not in ("circulant", "band"):
         raise ValueError(f"preconditioner kind must be 'circulant' or 'band'; got {kind!r}")
     circ = circulant_part(bk, prob, dtype)
     if kind == "circulant":
         return circ
     band = band_part(bk, prob, dtype)
+    T = taper(bk, prob, dtype)
 
     def apply(r):
-        return band(r, circ(r))
+        out = circ(r * T)
+        out *= T
+        return band(r, out)
 
     return apply
