@@ -61,6 +61,7 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
     if device in ("auto", "gpu"):
         from ._backend import _backend
 
+        why = "no CUDA device is present"
         try:
             import cupy  # noqa: F401
 
@@ -95,7 +96,8 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
     res = {
         "err_blurred": _rel(y, x_true[c, c]),
         "err_fourier": _rel(x_fd, x_true), "err_exact": _rel(x, x_true),
-        "err_fourier_interior": _rel(x_fd[c, c], x_true[c, c]), "err_exact_interior": _rel(x[c, c], x_true[c, c]),
+        "err_fourier_interior": _rel(x_fd[c, c], x_true[c, c]),
+        "err_exact_interior": _rel(x[c, c], x_true[c, c]),
         "iterations": int(info.iterations), "iterations_plain_cg": int(info_cg.iterations),
         "converged": bool(info.converged), "residual": float(info.residual),
         "seconds_exact": t_exact, "seconds_fourier": t_fd,
@@ -138,8 +140,8 @@ def _figure(out_dir, x_true, y_pad, x_fd, x, info, info_cg, res):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig = plt.figure(figsize=(13, 3.4))
-    panels = [("sharp scene", x_true), ("blurred + noise (valid)", y_pad),
+    fig = plt.figure(figsize=(13, 3.2), layout="constrained")
+    panels = [("sharp scene", x_true), ("blurred + noise\n('valid', edges padded)", y_pad),
               (f"Fourier division\nerror {res['err_fourier']:.3f}", x_fd),
               (f"exact least squares\nerror {res['err_exact']:.3f}", x)]
     for i, (title, img) in enumerate(panels):
@@ -151,12 +153,13 @@ def _figure(out_dir, x_true, y_pad, x_fd, x, info, info_cg, res):
     for inf, label in ((info_cg, "plain CG"), (info, "PCG (band)")):
         hist = np.array([np.ravel(v)[0] for v in inf.history])
         ax.semilogy(hist, label=f"{label}: {len(hist) - 1} it.")
+    if info.rtol:
+        ax.axhline(info.rtol, color="0.5", lw=0.8, ls="--", label=f"rtol {info.rtol:g}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("relative residual")
     ax.legend(fontsize=8)
     ax.set_title("convergence", fontsize=9)
-    fig.tight_layout()
     p = os.path.join(out_dir, "demo.png")
-    fig.savefig(p, dpi=110)
+    fig.savefig(p, dpi=100)
     plt.close(fig)
     return p
