@@ -11,7 +11,7 @@ CuPy and :mod:`cupyx.scipy.fft` (cuFFT with CuPy's plan cache).
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
 import threading
 
@@ -36,24 +36,66 @@ def is_cupy_array(a) -> bool:
 
 
 # FFT worker threads for the NumPy path (process-wide). None means "all cores".
+#
+# Every set_workers() call is a numbered setting; the one in force is the newest of
+# the plain calls (folded into _WORKERS) and of the settings still alive (a `with`
+# block still open, or a call whose return value has not been dropped yet). A `with`
+# block that ends removes only its own setting, so blocks from several threads may
+# end in any order without leaving a stale value behind (a "restore the previous
+# value" scheme restores the other thread's value when the blocks interleave).
 _WORKERS = None
+_WORKERS_SEQ = 0
+_LIVE: dict = {}  # seq -> value
+_EFFECTIVE = None
+_SEQ = itertools.count(1)
+_WORKERS_LOCK = threading.RLock()  # re-entrant: __del__ may run inside a locked region
+_GONE = object()
+
+
+def _update_effective():
+    global _EFFECTIVE
+    top = max(_LIVE) if _LIVE else 0
+    _EFFECTIVE = _LIVE[top] if top > _WORKERS_SEQ else _WORKERS
 
 
 def get_workers() -> int:
     """Number of threads scipy.fft uses for gpu_deconv's CPU transforms."""
-    w = _WORKERS
+    w = _EFFECTIVE
     if w is None:
         return os.cpu_count() or 1
     return w
 
 
-@contextlib.contextmanager
-def _restore_workers(old):
-    global _WORKERS
-    try:
-        yield
-    finally:
-        _WORKERS = old
+class _WorkersSetting:
+    """What set_workers returns: a context manager; dropped without `with`, the setting stays."""
+
+    __slots__ = ("seq", "value", "entered")
+
+    def __init__(self, value):
+        self.value = value
+        self.entered = False
+        with _WORKERS_LOCK:
+            self.seq = next(_SEQ)
+            _LIVE[self.seq] = value
+            _update_effective()
+
+    def __enter__(self):
+        self.entered = True
+
+    def __exit__(self, *exc):
+        with _WORKERS_LOCK:
+            _LIVE.pop(self.seq, None)
+            _update_effective()
+        return False
+
+    def __del__(self):
+        if self.entered:
+            return
+        global _WORKERS, _WORKERS_SEQ
+        with _WORKERS_LOCK:
+            if _LIVE.pop(self.seq, _GONE) is not _GONE and self.seq > _WORKERS_SEQ:
+                _WORKERS, _WORKERS_SEQ = self.value, self.seq
+            _update_effective()
 
 
 def set_workers(workers: int | None):
@@ -67,8 +109,10 @@ def set_workers(workers: int | None):
     Returns
     -------
     context manager
-        Used in a ``with`` statement the previous value is restored on exit;
-        called plainly, the setting stays.
+        Used in a ``with`` statement the setting holds until the block ends;
+        called plainly, the setting stays. Blocks in several threads may end in
+        any order: each removes only its own setting (the newest setting still
+        in force wins, process-wide).
 
     Notes
     -----
@@ -82,14 +126,11 @@ def set_workers(workers: int | None):
     ...     gpu_deconv.get_workers()
     1
     """
-    global _WORKERS
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
         workers = int(workers)
-    old = _WORKERS
-    _WORKERS = workers
-    return _restore_workers(old)
+    return _WorkersSetting(workers)
 
 
 class Backend:

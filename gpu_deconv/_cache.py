@@ -50,6 +50,7 @@ class ByteLRU:
             return item[0]
 
     def put(self, key, value, nbytes: int | None = None):
+        _freeze(value)
         if nbytes is None:
             nbytes = _nbytes(value)
         with self._lock:
@@ -77,6 +78,16 @@ class ByteLRU:
         with self._lock:
             self._data.clear()
             self._bytes = 0
+
+
+def _freeze(value):
+    """Make cached NumPy arrays read-only: one is shared by every caller (and thread), so an
+    in-place change by any of them (``op.spectrum() *= 2``) would corrupt later results."""
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            _freeze(v)
+    elif isinstance(value, np.ndarray):
+        value.setflags(write=False)
 
 
 def _nbytes(value) -> int:

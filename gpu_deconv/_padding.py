@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _cuda
+
 
 def source_index(boundary: str, n: int, m):
     """Index into ``x[0:n]`` that position `m` (any integer) of the extended signal reads.
@@ -109,10 +111,22 @@ def _take(xp, a, idx, axis):
     return xp.take(a, xp.asarray(idx), axis=axis)
 
 
+def _gpu_kernels(xp, a, plans):
+    """Whether the one-pass CUDA kernels take this pad/fold (CuPy, enabled, 1-3 axes, something to do).
+
+    The per-axis loops below stay the NumPy path, and the CuPy path when the
+    kernels are off (``GPU_DECONV_DISABLE_KERNELS``).
+    """
+    return (xp is not np and _cuda.enabled(xp) and _cuda.supports_ndim(len(plans))
+            and any(p.L or p.R for p in plans) and a.flags.c_contiguous)
+
+
 def pad(xp, x, plans, boundary):
     """Apply P: extend the trailing axes of `x` by each plan's (L, R)."""
     if boundary == "zero":
         return x
+    if _gpu_kernels(xp, x, plans):
+        return _cuda.pad_to_grid(x, plans, boundary, tuple(p.n_ext for p in plans))
     nd = len(plans)
     for ax, p in enumerate(plans):
         if p.L == 0 and p.R == 0:
@@ -140,6 +154,8 @@ def fold(xp, v, plans, boundary):
     """
     if boundary == "zero":
         return v
+    if _gpu_kernels(xp, v, plans):
+        return _cuda.fold_from_grid(v, plans, boundary)
     nd = len(plans)
     for ax, p in enumerate(plans):
         if p.L == 0 and p.R == 0:

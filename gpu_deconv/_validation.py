@@ -101,11 +101,43 @@ def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=T
         raise ValueError(f"{name} must have at least one dimension; got a scalar")
     if arr.size == 0 and not allow_empty:
         raise ValueError(f"{name} must not be empty; got shape {tuple(arr.shape)}")
+    src = arr
     if arr.dtype != wdt:
-        arr = arr.astype(wdt)
+        # A float64 value beyond float32's range becomes inf here; it is reported
+        # below as too large rather than warned about in the middle of the cast.
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr.astype(wdt)
     if check_finite and arr.size and not bool(bk.xp.isfinite(arr).all()):
+        if src is not arr and bool(bk.xp.isfinite(src).all()):
+            big = float(bk.xp.abs(src).max())
+            raise ValueError(f"{name} has values too large for {wdt} (|value| up to {big:.3g}); "
+                             "pass dtype=float64 or rescale")
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
+
+
+def quiet_fp():
+    """Silence NumPy's floating-point warnings for a computation whose result is checked.
+
+    An overflow inside an FFT product is not worth a RuntimeWarning when
+    :func:`finite_result` turns it into a ValueError naming the inputs; the
+    state is per thread (per context), so other threads keep their own.
+    """
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+def finite_result(bk, out, what, culprits):
+    """`out` if every value is finite; else a ValueError that names the arguments to rescale.
+
+    The inputs were finite (checked at the door), so a non-finite result means
+    the working precision overflowed: returning it would be a wrong answer.
+    """
+    if out.size and not bool(bk.xp.isfinite(out).all()):
+        raise ValueError(
+            f"{what} overflows {out.dtype}: the magnitudes of {', '.join(culprits)} are too large for "
+            "the working precision; rescale them (or pass dtype=float64)"
+        )
+    return out
 
 
 def check_shape(name, shape):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._backend import get_backend
+from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import (
     as_float_array,
     check_dtype_arg,
@@ -32,7 +33,8 @@ def _prepare(x, h, mode, boundary, convention, ndim, dtype):
     return op, x
 
 
-def convolve(x, h, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+def convolve(x: ArrayLike, h: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
+             convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
     """N-D convolution of a batch of images with a kernel, in any mode and boundary model.
 
     Parameters
@@ -99,7 +101,8 @@ def convolve(x, h, mode="full", *, boundary="zero", convention="scipy", ndim=Non
     return op.forward(x)
 
 
-def correlate(x, h, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+def correlate(x: ArrayLike, h: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
+              convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
     """N-D correlation: :func:`convolve` with the kernel reversed in every spatial axis.
 
     With ``boundary="zero"`` this equals :func:`scipy.signal.correlate` for

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import get_backend
-from ._validation import as_float_array
+from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
+from ._validation import as_float_array, broadcast_batch, finite_result, quiet_fp
 from .conv import _prepare
 
 __all__ = ["grad_x", "grad_h"]
@@ -33,7 +34,8 @@ def _residual(op, x, y, batch):
     return HX, XE, xp.ascontiguousarray(hx - y)
 
 
-def grad_x(x, h, y, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
+           convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
     """Gradient of ``1/2 ||h * x - y||^2`` with respect to the image `x`.
 
     ``H^T (H x - y)`` with H the convolution of :func:`convolve` in the given
@@ -67,14 +69,17 @@ def grad_x(x, h, y, mode="full", *, boundary="zero", convention="scipy", ndim=No
     op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
     get_backend(x=x, y=y)
     y = as_float_array(op.backend, "y", y, x.dtype, allow_empty=op._empty)
-    batch = tuple(np.broadcast_shapes(x.shape[:x.ndim - op.ndim], op.kernel_batch))
-    HX, _, r = _residual(op, x, y, batch)
-    if HX is None:
-        return op.backend.xp.zeros(batch + op.spatial_in_shape, dtype=x.dtype)
-    return op._adjoint(r, batch)
+    batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
+    with quiet_fp():
+        HX, _, r = _residual(op, x, y, batch)
+        if HX is None:
+            return op.backend.xp.zeros(batch + op.spatial_in_shape, dtype=x.dtype)
+        g = op._adjoint(r, batch)
+    return finite_result(op.backend, g, "grad_x", ("x", "h", "y"))
 
 
-def grad_h(x, h, y, mode="full", *, boundary="zero", convention="scipy", ndim=None, dtype=None):
+def grad_h(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
+           convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
     """Gradient of ``1/2 ||h * x - y||^2`` with respect to the kernel `h`.
 
     For a batch of images and one kernel the gradient sums over the batch;
@@ -102,10 +107,17 @@ def grad_h(x, h, y, mode="full", *, boundary="zero", convention="scipy", ndim=No
     array([-1., -2.])
     """
     op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
-    bk, xp = op.backend, op.backend.xp
+    bk = op.backend
     get_backend(x=x, y=y)
     y = as_float_array(bk, "y", y, x.dtype, allow_empty=op._empty)
-    batch = tuple(np.broadcast_shapes(x.shape[:x.ndim - op.ndim], op.kernel_batch))
+    batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
+    with quiet_fp():
+        g = _grad_h(op, x, y, batch)
+    return finite_result(bk, g, "grad_h", ("x", "h", "y"))
+
+
+def _grad_h(op, x, y, batch):
+    bk, xp = op.backend, op.backend.xp
     HX, XE, r = _residual(op, x, y, batch)
     hshape = op.kernel_batch + op.kernel_shape
     if HX is None:

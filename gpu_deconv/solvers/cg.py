@@ -7,12 +7,15 @@ go on. Nothing is raised for non-convergence: it is reported, per image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._backend import get_backend
-from .._validation import as_float_array, check_positive
+from .. import _cuda
+from .._backend import get_backend, is_cupy_array
+from .._typing import Array, ArrayLike
+from .._validation import as_float_array, check_positive, finite_result, quiet_fp
 
 __all__ = ["cg", "SolveInfo"]
 
@@ -76,12 +79,41 @@ def _dot(xp, u, v, nd):
     return (u * v).sum(axis=tuple(range(-nd, 0)))
 
 
+def pow2_scale(xp, a, nd):
+    """Per system, the power of two that brings ``max |a|`` into [0.5, 1) (1 for a zero system).
+
+    Scaling by a power of two is exact, so a linear solve on ``a * s`` gives
+    bit for bit ``s`` times the unscaled iterates; it keeps ``||a||^2`` from
+    overflowing (data near 1e200 in float64, 1e20 in float32) or underflowing
+    to 0 (near 1e-200 / 1e-25), where the norms would read inf or 0 and an
+    unsolved system would be reported converged.
+    """
+    amax = xp.abs(a).max(axis=tuple(range(-nd, 0)))
+    _, e = xp.frexp(amax)
+    lim = np.finfo(a.dtype).maxexp - 8  # keep the factor itself a normal number
+    return xp.ldexp(xp.ones(amax.shape, dtype=a.dtype), xp.clip(-e, -lim, lim))
+
+
 def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=None,
                callback=None, keep_history=False):
     """Core loop. `A`, `M` map arrays of b's shape to that shape; systems are the trailing `nd` axes."""
+    if _cuda.enabled(bk):
+        ops = _cuda.CGKernels(b.shape[:b.ndim - nd], b.shape[b.ndim - nd:], b.dtype)
+        return batched_cg_fused(bk, A, b, nd, ops, x0=x0, rtol=rtol, maxiter=maxiter, M=M,
+                                callback=callback, keep_history=keep_history)
     xp = bk.xp
     batch = b.shape[:b.ndim - nd]
     expand = (Ellipsis,) + (None,) * nd
+    scale = pow2_scale(xp, b, nd)[expand]
+    b = b * scale
+    if x0 is not None:
+        x0 = x0 * scale
+    if callback is not None:
+        user_callback = callback
+
+        def callback(xs):
+            user_callback(xs / scale)
+
     bnorm = xp.sqrt(_dot(xp, b, b, nd))
     zero_rhs = bnorm == 0
     safe_bnorm = xp.where(zero_rhs, 1, bnorm)
@@ -108,11 +140,17 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
         q = A(p)
         n_apply += 1
         pq = _dot(xp, p, q, nd)
-        bad = active & ~(pq > 0)
+        step = rz / xp.where(pq > 0, pq, 1)
+        # A non-finite curvature or step (an operator that overflowed) would put
+        # NaN into x: the image stops at its last finite iterate instead, and its
+        # r and p are zeroed so that the steps of 0 that follow add exactly 0.
+        bad = active & ~((pq > 0) & xp.isfinite(step))
         if bool(bad.any()):
             breakdown |= bad
             active &= ~bad
-        a = xp.where(active, rz / xp.where(pq > 0, pq, 1), 0).astype(b.dtype)
+            r[bad] = 0
+            p[bad] = 0
+        a = xp.where(active, step, 0).astype(b.dtype)
         x += a[expand] * p
         r -= a[expand] * q
         iters += active
@@ -122,6 +160,8 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
         if bool(bad.any()):
             breakdown |= bad
             active &= ~bad
+            r[bad] = 0
+            p[bad] = 0
         if keep_history:
             history.append(bk.asnumpy(res))
         done = active & (res <= rtol)
@@ -160,6 +200,7 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
     res_true = xp.sqrt(_dot(xp, rt, rt, nd)) / safe_bnorm
     res_true = xp.where(zero_rhs, 0, res_true)
     converged = (res_true <= rtol) & ~breakdown & xp.isfinite(res_true)
+    x /= scale
     return x, {
         "iterations": bk.asnumpy(iters),
         "residual": bk.asnumpy(res_true).astype(np.float64),
@@ -170,7 +211,164 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
     }
 
 
-def cg(A, b, x0=None, *, rtol=1e-6, maxiter=None, M=None, callback=None, ndim=None):
+def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=None,
+                     callback=None, keep_history=False):
+    """:func:`batched_cg` with its vector passes done by `ops` (the GPU's fused kernels).
+
+    The same iteration, masks, true-residual confirmation, breakdown and
+    stagnation rules and history as :func:`batched_cg`; only how the passes
+    over the vectors are done differs. `ops` (:class:`gpu_deconv._cuda.CGKernels`
+    on the GPU; the CPU harness of the tests provides one that runs the same
+    per-element code on the host) offers:
+
+    * ``dot(u, v, out)``: per-image dot product, float64;
+    * ``update_xr(x, r, p, q, a, out)``: ``x += a p``, ``r -= a q`` in one
+      pass, returning the new ``r . r``;
+    * ``update_p(p, z, beta)``: ``p = z + beta p`` in place.
+
+    x, r and p are allocated once, before the loop, and updated in place;
+    per-image scalars are float64 (dot products accumulate in float64, and
+    the step sizes are rounded to the working precision inside the kernels,
+    as ``astype(b.dtype)`` does). Without a preconditioner ``r . z`` is the
+    ``r . r`` of the update pass, not a pass of its own.
+    """
+    xp = bk.xp
+    batch = b.shape[:b.ndim - nd]
+    expand = (Ellipsis,) + (None,) * nd
+    scale = pow2_scale(xp, b, nd)[expand]
+    b = xp.ascontiguousarray(b * scale)
+    if x0 is not None:
+        x0 = x0 * scale
+    if callback is not None:
+        user_callback = callback
+
+        def callback(xs):
+            user_callback(xs / scale)
+
+    bnorm = xp.sqrt(ops.dot(b, b))
+    zero_rhs = bnorm == 0
+    safe_bnorm = xp.where(zero_rhs, 1, bnorm)
+    if x0 is None:
+        x = xp.zeros_like(b)
+        r = b.copy()
+    else:
+        x = xp.array(x0, dtype=b.dtype, order="C", copy=True)
+        r = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
+    x[zero_rhs] = 0  # the exact answer of b = 0
+    r[zero_rhs] = 0
+    res = xp.sqrt(ops.dot(r, r)) / safe_bnorm
+    active = (res > rtol) & ~zero_rhs
+    breakdown = xp.zeros(batch, dtype=bool)
+    stagnated = xp.zeros(batch, dtype=bool)
+    last_true = xp.full(batch, np.inf)
+    iters = xp.zeros(batch, dtype=np.int64)
+    history = [bk.asnumpy(res)] if keep_history else []
+    z = xp.ascontiguousarray(M(r), dtype=b.dtype) if M is not None else r
+    p = xp.array(z, order="C", copy=True)
+    rz = ops.dot(r, z)
+    rz_new = xp.empty(batch, dtype=np.float64)
+    pq = xp.empty(batch, dtype=np.float64)
+    rr = xp.empty(batch, dtype=np.float64)
+    n_apply = 0
+    while bool(active.any()) and n_apply < maxiter:
+        q = xp.ascontiguousarray(A(p), dtype=b.dtype)  # a user A may promote
+        n_apply += 1
+        ops.dot(p, q, out=pq)
+        step = rz / xp.where(pq > 0, pq, 1)
+        bad = active & ~((pq > 0) & xp.isfinite(step))
+        if bool(bad.any()):
+            breakdown |= bad
+            active &= ~bad
+            r[bad] = 0
+            p[bad] = 0
+        a = xp.where(active, step, 0)
+        ops.update_xr(x, r, p, q, a, out=rr)
+        del q
+        iters += active
+        res = xp.sqrt(rr) / safe_bnorm
+        bad = active & ~xp.isfinite(res)
+        if bool(bad.any()):
+            breakdown |= bad
+            active &= ~bad
+            r[bad] = 0
+            p[bad] = 0
+        if keep_history:
+            history.append(bk.asnumpy(res))
+        done = active & (res <= rtol)
+        restart = None
+        restarted = False
+        if bool(done.any()):
+            rt = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
+            res_true = xp.sqrt(ops.dot(rt, rt)) / safe_bnorm
+            ok = done & (res_true <= rtol)
+            active &= ~ok
+            restart = done & ~ok
+            stuck = restart & (res_true > 0.5 * last_true)
+            if bool(stuck.any()):
+                stagnated |= stuck
+                active &= ~stuck
+                restart &= ~stuck
+            last_true = xp.where(restart, res_true, last_true)
+            if bool(restart.any()):
+                xp.copyto(r, rt, where=restart[expand])
+                restarted = True
+            del rt
+        if callback is not None:
+            callback(x)
+        if not bool(active.any()):
+            break
+        if M is None:
+            z = r
+            if restarted:
+                ops.dot(r, r, out=rz_new)
+            else:
+                rz_new[...] = rr  # r . r of the update pass; r has not changed since
+        else:
+            z = xp.ascontiguousarray(M(r), dtype=b.dtype)
+            ops.dot(r, z, out=rz_new)
+        keep = active if restart is None else active & ~restart
+        beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0)
+        ops.update_p(p, z, beta)
+        rz, rz_new = rz_new, rz
+    rt = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
+    res_true = xp.sqrt(ops.dot(rt, rt)) / safe_bnorm
+    res_true = xp.where(zero_rhs, 0, res_true)
+    converged = (res_true <= rtol) & ~breakdown & xp.isfinite(res_true)
+    x /= scale
+    return x, {
+        "iterations": bk.asnumpy(iters),
+        "residual": bk.asnumpy(res_true).astype(np.float64),
+        "converged": bk.asnumpy(converged),
+        "breakdown": bk.asnumpy(breakdown),
+        "stagnated": bk.asnumpy(stagnated),
+        "history": history,
+    }
+
+
+def _checked_operator(name, f, b, bk):
+    """The user's A (or M), checked to return a real floating array of b's shape and module.
+
+    Without this, a wrong shape surfaced as NumPy's "operands could not be broadcast"
+    and a complex result as a casting error, neither naming the argument.
+    """
+    shape = tuple(b.shape)
+
+    def apply(v):
+        out = f(v)
+        if not hasattr(out, "shape") or not hasattr(out, "dtype") or is_cupy_array(out) != bk.is_gpu:
+            raise TypeError(f"{name}(x) must return an array of the module of b; got {type(out).__name__}")
+        if tuple(out.shape) != shape:
+            raise ValueError(f"{name}(x) must return an array of b's shape {shape}; got {tuple(out.shape)}")
+        if out.dtype.kind != "f":
+            raise TypeError(f"{name}(x) must return real floating values; got dtype {out.dtype}")
+        return out
+
+    return apply
+
+
+def cg(A: Callable[[Array], Array], b: ArrayLike, x0: ArrayLike | None = None, *, rtol: float = 1e-6,
+       maxiter: int | None = None, M: Callable[[Array], Array] | None = None,
+       callback: Callable[[Array], object] | None = None, ndim: int | None = None) -> tuple[Array, SolveInfo]:
     """Solve many symmetric positive-definite systems ``A x = b`` at once by (preconditioned) CG.
 
     Parameters
@@ -219,7 +417,15 @@ def cg(A, b, x0=None, *, rtol=1e-6, maxiter=None, M=None, callback=None, ndim=No
         x0 = as_float_array(bk, "x0", x0, b.dtype)
         if x0.shape != b.shape:
             raise ValueError(f"x0 must have the shape of b {tuple(b.shape)}; got {tuple(x0.shape)}")
-    x, d = batched_cg(bk, A, b, nd, x0=x0, rtol=rtol, maxiter=maxiter, M=M, callback=callback)
+    for name, f in (("A", A), ("M", M), ("callback", callback)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{name} must be callable; got {type(f).__name__}")
+    if A is None:
+        raise TypeError("A must be callable; got None")
+    with quiet_fp():
+        x, d = batched_cg(bk, _checked_operator("A", A, b, bk), b, nd, x0=x0, rtol=rtol, maxiter=maxiter,
+                          M=None if M is None else _checked_operator("M", M, b, bk), callback=callback)
+    finite_result(bk, x, "the solution", ("A", "b", "x0"))
     info = SolveInfo("cg", d["iterations"], d["residual"], d["converged"], d["breakdown"],
                      d["stagnated"], rtol=rtol, preconditioned=M is not None)
     return x, info

@@ -31,7 +31,17 @@ def _check_denominator(bk, den, ndim, lam, alpha):
     axes = tuple(range(-ndim, 0))
     dmin = bk.asnumpy(den.min(axis=axes)).ravel()
     dmax = bk.asnumpy(den.max(axis=axes)).ravel()
-    eps = np.finfo(den.dtype).eps
+    check_extrema(dmin, dmax, np.finfo(den.dtype).eps, lam, alpha)
+    del xp
+
+
+def check_extrema(dmin, dmax, eps, lam, alpha):
+    """SingularSystemError unless ``min > eps * max`` for every image (host arrays of per-image extrema).
+
+    Shared by the NumPy path above and the GPU path, which reduces the
+    denominator on the device and brings back only these two numbers per image.
+    """
+    dmin, dmax = np.asarray(dmin).ravel(), np.asarray(dmax).ravel()
     bad = np.flatnonzero(~(dmin > eps * dmax))
     if bad.size:
         which = "" if dmin.size == 1 else f" (images {bad[:8].tolist()}{'...' if bad.size > 8 else ''})"
@@ -41,7 +51,6 @@ def _check_denominator(bk, den, ndim, lam, alpha):
             f"(lam={_fmt(lam)}, alpha={_fmt(alpha)}); use lam > 0 with a regularizer that is nonzero "
             "there (e.g. reg=None), or alpha > 0"
         )
-    del xp
 
 
 def _fmt(v):

@@ -6,8 +6,9 @@ import numbers
 
 import numpy as np
 
-from .. import _cache
+from .. import _cache, _cuda, _memory
 from .._backend import get_backend, is_cupy_array
+from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
 from .._validation import (
     as_float_array,
     broadcast_batch,
@@ -16,10 +17,12 @@ from .._validation import (
     check_mode_boundary_convention,
     check_ndim,
     check_positive,
+    finite_result,
+    quiet_fp,
 )
 from ..operators import ConvolutionOperator
 from . import closed_form as cf
-from .cg import DEFAULT_MAXITER, SolveInfo, batched_cg
+from .cg import DEFAULT_MAXITER, SolveInfo, batched_cg, pow2_scale
 from .precond import make_preconditioner
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
 
@@ -43,13 +46,20 @@ def _kernels(bk, h, dtype, ndim):
     return arr, check_ndim(ndim, arr.ndim)
 
 
-def per_image(name, v, batch, *, allow_zero=True):
-    """A scalar or one value per image -> float64 array of shape `batch` (host)."""
+def per_image(name, v, batch, *, allow_zero=True, dtype=None):
+    """A scalar or one value per image -> float64 array of shape `batch` (host).
+
+    With `dtype`, values beyond that floating type's range are refused: they
+    would turn into inf in the first product of the working precision.
+    """
     if isinstance(v, bool) or v is None:
         raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r}")
     if is_cupy_array(v):
         v = v.get()
     try:
+        # Only real numbers: np.asarray(v, float) would parse "1e-3" and drop 1j's imaginary part.
+        if np.asarray(v).dtype.kind not in "biuf":
+            raise TypeError
         a = np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r:.60}") from None
@@ -59,11 +69,24 @@ def per_image(name, v, batch, *, allow_zero=True):
         raise ValueError(f"{name} must be finite; got {v!r:.60}")
     if np.any(a < 0):
         raise ValueError(f"{name} must be non-negative; got {v!r:.60}")
+    if dtype is not None and a.size and float(a.max()) > float(np.finfo(dtype).max):
+        raise ValueError(f"{name} is beyond the range of the working dtype {np.dtype(dtype)}; "
+                         f"got {float(a.max()):.3g}")
     try:
         return np.broadcast_to(a, batch).copy()
     except ValueError:
         raise ValueError(f"{name} must be a scalar or one value per image (batch shape {tuple(batch)}); "
                          f"got shape {a.shape}") from None
+
+
+def _refuse_zero_kernel(bk, h, nd, batch, lam, alpha):
+    """An all-zero kernel with lam = alpha = 0 leaves every x a minimiser: refuse, never return 0."""
+    nonzero = bk.asnumpy(bk.xp.any(h != 0, axis=tuple(range(-nd, 0))))
+    dead = ~np.broadcast_to(nonzero, batch) & (lam == 0) & (alpha == 0)
+    if dead.any():
+        which = "" if not batch else f" (images {np.argwhere(dead)[:8].tolist()})"
+        raise ValueError(f"h is all zeros and lam = alpha = 0{which}: every x minimises the objective, "
+                         "the problem is singular; give lam > 0 or alpha > 0")
 
 
 def _spatial_in(mode, m, k):
@@ -172,9 +195,12 @@ def _make_normal(bk, prob, dtype):
     return apply
 
 
-def deconvolve(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", convention="scipy",
-               alpha=0.0, z=None, method="auto", rtol=1e-6, maxiter=None, x0=None,
-               return_info=False, precondition=True, ndim=None, dtype=None):
+def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = None, mode: Mode = "same",
+               boundary: Boundary = "zero", convention: Convention = "scipy", alpha: PerImage = 0.0,
+               z: ArrayLike | None = None, method: Method = "auto", rtol: float = 1e-6,
+               maxiter: int | None = None, x0: ArrayLike | None = None, return_info: bool = False,
+               precondition: bool | str = True, ndim: int | None = None, dtype: DTypeLike = None,
+               batch_size: int | str | None = None) -> Array | tuple[Array, SolveInfo]:
     """Exact regularized least-squares deconvolution, batched, on NumPy or CuPy.
 
     Solves, for each image of the batch,
@@ -236,6 +262,13 @@ def deconvolve(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", convent
         Number of spatial axes (default ``h.ndim``, or the kernels' ndim for a list).
     dtype : {None, float32, float64}, optional
         Working precision (default: that of y; integers become float64).
+    batch_size : None, "auto" or int, optional
+        Images solved at a time. None (default): the whole batch on the CPU,
+        ``"auto"`` on the GPU. ``"auto"``: as many as fit in half the free
+        device memory by the method's per-image estimate; on the GPU a chunk
+        that runs out of memory is retried in halves. An int: chunks of that
+        many images. The images are independent, so chunks change nothing
+        in the answer.
 
     Returns
     -------
@@ -277,14 +310,20 @@ def deconvolve(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", convent
     elif precondition is not False:
         check_choice("precondition", precondition, ("band", "circulant"))
     maxiter = DEFAULT_MAXITER if maxiter is None else check_positive("maxiter", maxiter, integer=True)
+    batch_size = _memory.check_batch_size(batch_size)
     prob = build_problem(y, h, lam=lam, reg=reg, mode=mode, boundary=boundary, convention=convention,
                          alpha=alpha, z=z, x0=x0, ndim=ndim, dtype=dtype)
     method = choose_method(prob, method)
-    if method == "cg":
-        x, info = _solve_cg(prob, rtol, maxiter, precondition, return_info)
-    else:
-        x = _solve_closed(prob, method)
-        info = _closed_info(prob, method, x, rtol) if return_info else None
+
+    def solve(p):
+        if method == "cg":
+            return _solve_cg(p, rtol, maxiter, precondition, return_info)
+        xs = _solve_closed(p, method)
+        return xs, (_closed_info(p, method, xs, rtol) if return_info else None)
+
+    with quiet_fp():
+        x, info = _memory.solve_in_chunks(prob, method, batch_size, solve, precondition=precondition)
+    finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
     x = x.reshape(tuple(prob.batch) + tuple(prob.n))
     return (x, info) if return_info else x
 
@@ -309,10 +348,11 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     kshape = tuple(h.shape[h.ndim - nd:])
     n = _spatial_in(mode, m, kshape)
     batch = broadcast_batch("y", y.shape[:y.ndim - nd], "h", h.shape[:h.ndim - nd])
-    lam_a = per_image("lam", lam, batch)
-    alpha_a = per_image("alpha", alpha, batch)
+    lam_a = per_image("lam", lam, batch, dtype=wdt)
+    alpha_a = per_image("alpha", alpha, batch, dtype=wdt)
     if bool(np.any(alpha_a > 0)) and z is None:
         raise ValueError("alpha > 0 needs z (the proximal centre, with the unknown's shape)")
+    _refuse_zero_kernel(bk, h, nd, batch, lam_a, alpha_a)
     terms = parse_reg(bk, reg, nd)
     zf = _image_array(bk, "z", z, batch, n, wdt) if z is not None else None
     x0f = _image_array(bk, "x0", x0, batch, n, wdt) if x0 is not None else None
@@ -367,6 +407,8 @@ def _solve_closed(prob, method):
         tk = [(t.weight, None if t.is_identity else t.op.kernel) for t in prob.terms] if prob.use_reg else []
         return cf.fourier_division(bk, prob.y, prob.h, tk, prob.lam, prob.alpha, prob.z, prob.mode,
                                    prob.convention, prob.n, nd, wdt)
+    if method == "fft" and _cuda.enabled(bk):
+        return _solve_fft_fused(prob)
     cache = _cache.cache_for(bk)
     key = _filter_key(prob, method)
     filters = cache.get(key)
@@ -379,6 +421,29 @@ def _solve_closed(prob, method):
     if filters is None:
         filters = cache.put(key, _dct_filters(prob))
     return cf.apply_dct_filter(bk, *filters, prob.y, prob.z, nd)
+
+
+def _solve_fft_fused(prob):
+    """The circular closed form with the custom CUDA kernels (CuPy only).
+
+    ``(conj(H) Y + alpha Z) / (|H|^2 + lam R + alpha)`` in one pass over the
+    spectrum, from the operator's spectrum H and the regularizer power R
+    (both cached with their operators) instead of the filters W, V of the
+    NumPy path, which would cost two more spectra of device memory per image.
+    The singularity test reduces the denominator on the device and brings
+    back two numbers per image.
+    """
+    bk, nd, wdt, n = prob.bk, prob.ndim, prob.dtype, tuple(prob.n)
+    H = prob.A.spectrum(wdt)
+    R = _reg_power(bk, prob, wdt)
+    lam = bk.xp.asarray(prob.lam.astype(wdt))
+    alpha = bk.xp.asarray(prob.alpha.astype(wdt))
+    dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
+    cf.check_extrema(bk.asnumpy(dmin), bk.asnumpy(dmax), np.finfo(wdt).eps, prob.lam, prob.alpha)
+    Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
+    Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
+    Y = _cuda.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
+    return bk.irfftn(Y, n)
 
 
 def _dct_filters(prob):
@@ -429,6 +494,10 @@ def _residual(prob, x):
     bk, nd = prob.bk, prob.ndim
     b = _rhs(prob)
     r = b - _make_normal(bk, prob, prob.dtype)(x)
+    # One exact power-of-two factor per image, so that the squares below cannot
+    # overflow (or underflow to 0) for data far from 1 in magnitude.
+    s = pow2_scale(bk.xp, b, nd)[(Ellipsis,) + (None,) * nd]
+    b, r = b * s, r * s
     axes = tuple(range(-nd, 0))
     num = bk.asnumpy(bk.xp.sqrt((r * r).sum(axis=axes))).astype(np.float64)
     den = bk.asnumpy(bk.xp.sqrt((b * b).sum(axis=axes))).astype(np.float64)

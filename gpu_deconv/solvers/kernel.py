@@ -18,7 +18,8 @@ import numpy as np
 
 from .._backend import get_backend
 from .._padding import pad
-from .._validation import as_float_array, check_shape
+from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
+from .._validation import as_float_array, broadcast_batch, check_shape, finite_result, quiet_fp
 from ..conv import _prepare
 from .deconvolve import per_image
 
@@ -26,6 +27,9 @@ __all__ = ["estimate_kernel"]
 
 #: Bytes of work arrays one chunk of normal-matrix columns may take.
 _CHUNK_BYTES = 64 * 2**20
+#: Most kernel taps (prod(kernel_shape)) estimate_kernel accepts: the K x K float64
+#: normal matrix is then at most 128 MiB (64 x 64 kernels, 16 x 16 x 16 in 3-D).
+MAX_KERNEL_TAPS = 4096
 
 
 def _tap_offsets(op):
@@ -64,8 +68,9 @@ def _window_of_shift(xp, xw, op, tap):
     return xw[(Ellipsis,) + tuple(slice(p.k - 1 - i, p.k - 1 - i + p.m) for p, i in zip(op._plans, tap))]
 
 
-def estimate_kernel(x, y, kernel_shape, *, lam=0.0, mode="valid", boundary="zero",
-                    convention="scipy", dtype=None):
+def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *, lam: float = 0.0,
+                    mode: Mode = "valid", boundary: Boundary = "zero", convention: Convention = "scipy",
+                    dtype: DTypeLike = None) -> Array:
     """Exact least-squares kernel from sharp/blurred image pairs.
 
     Minimises ``1/2 sum_b ||h * x_b - y_b||^2 + lam/2 ||h||^2`` over kernels
@@ -112,6 +117,10 @@ def estimate_kernel(x, y, kernel_shape, *, lam=0.0, mode="valid", boundary="zero
     True
     """
     kernel_shape = check_shape("kernel_shape", kernel_shape)
+    K = int(np.prod(kernel_shape, dtype=object))  # exact even for absurd shapes
+    if K > MAX_KERNEL_TAPS:
+        raise ValueError(f"kernel_shape {kernel_shape} has {K} taps; estimate_kernel builds a K x K normal "
+                         f"matrix and accepts at most MAX_KERNEL_TAPS={MAX_KERNEL_TAPS} taps")
     bk = get_backend(x=x, y=y)
     xp = bk.xp
     probe = xp.zeros(kernel_shape, dtype=np.float64)
@@ -122,12 +131,19 @@ def estimate_kernel(x, y, kernel_shape, *, lam=0.0, mode="valid", boundary="zero
     if y.ndim < nd or tuple(y.shape[y.ndim - nd:]) != op.spatial_out_shape:
         raise ValueError(f"y must have spatial shape {op.spatial_out_shape} (mode={op.mode!r} output for x "
                          f"{op.spatial_in_shape} and kernel {kernel_shape}); got {tuple(y.shape)}")
-    batch = tuple(np.broadcast_shapes(xb, y.shape[:y.ndim - nd]))
+    batch = broadcast_batch("x", xb, "y", y.shape[:y.ndim - nd])
     lam = float(per_image("lam", lam, ()))
-    K = int(np.prod(kernel_shape))
     if op._empty:
         raise ValueError("the output window is empty (mode='valid' with a kernel larger than x): "
                          "there is no data to estimate the kernel from")
+    with quiet_fp():
+        h = _solve_kernel(bk, x, y, op, kernel_shape, lam, batch)
+    return finite_result(bk, h, "the kernel", ("x", "y", "lam"))
+
+
+def _solve_kernel(bk, x, y, op, kernel_shape, lam, batch):
+    xp, nd = bk.xp, op.ndim
+    K = int(np.prod(kernel_shape))
     x = xp.broadcast_to(x, batch + op.spatial_in_shape)
     y = xp.broadcast_to(y, batch + op.spatial_out_shape)
     grid = op.grid_shape
@@ -150,6 +166,9 @@ def estimate_kernel(x, y, kernel_shape, *, lam=0.0, mode="valid", boundary="zero
     N = 0.5 * (N + N.T)
     N[np.diag_indices(K)] += lam
     b = bk.asnumpy(rhs).reshape(K).astype(np.float64)
+    if not (np.isfinite(N).all() and np.isfinite(b).all()):
+        raise ValueError(f"the kernel's normal equations overflow {x.dtype}: the magnitudes of x and y "
+                         "are too large for the working precision; rescale them (or pass dtype=float64)")
     scale = max(np.abs(np.diag(N)).max(initial=0.0), np.finfo(float).tiny)
     try:
         c, low = _cho_factor(N)

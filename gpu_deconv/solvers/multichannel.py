@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _cuda
 from .._backend import get_backend
 from .._padding import same_offset
+from .._typing import Array, ArrayLike, Convention, DTypeLike, PerImage
 from .._validation import (
     CONVENTIONS,
     as_float_array,
@@ -22,6 +24,8 @@ from .._validation import (
     check_choice,
     check_dtype_arg,
     check_ndim,
+    finite_result,
+    quiet_fp,
 )
 from .closed_form import kernel_spectrum
 from .deconvolve import per_image
@@ -35,6 +39,9 @@ def sherman_morrison(xp, D, Y, Z, alpha):
     ``vtb = sum_c D_c b_c`` and ``den = alpha + sum_c |D_c|^2`` are the only
     reductions over channels; everything else is elementwise.
     """
+    if _cuda.enabled(xp) and _cuda.sherman_morrison_supported(D, Y, Z, alpha):
+        # One pass per frequency on the GPU, with no (..., C, *f) temporaries.
+        return _cuda.sherman_morrison(D, Y, Z, alpha)
     ax = -D.ndim  # the channel axis of b and Z
 
     def chan(a):
@@ -49,7 +56,8 @@ def sherman_morrison(xp, D, Y, Z, alpha):
     return b
 
 
-def solve_multichannel(y, d, alpha, z, *, convention="scipy", dtype=None):
+def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike, *,
+                       convention: Convention = "scipy", dtype: DTypeLike = None) -> Array:
     """Closed-form multi-channel proximal solve (DCDicL / convolutional sparse coding).
 
     Minimises ``1/2 ||sum_c d_c * x_c - y||^2 + alpha/2 ||x - z||^2`` over the
@@ -111,14 +119,19 @@ def solve_multichannel(y, d, alpha, z, *, convention="scipy", dtype=None):
         raise ValueError(f"z must have shape (..., C, *S) = (..., {C}, {', '.join(map(str, S))}); "
                          f"got {tuple(z.shape)}")
     batch = broadcast_batch("y", y.shape[:y.ndim - nd], "z", z.shape[:z.ndim - nd - 1])
-    a = per_image("alpha", alpha, batch)
-    if np.any(a <= 0):
+    a = per_image("alpha", alpha, batch, dtype=wdt)
+    if np.any(a.astype(wdt) <= 0):  # below the dtype's range (1e-300 in float32) is 0 too
         raise ValueError("alpha must be positive: with alpha = 0 the multi-channel system is singular "
                          f"(C={C} unknowns per frequency, one equation); got {alpha!r:.60}")
     shifts = tuple(same_offset(k, convention) for k in d.shape[1:])
-    D = kernel_spectrum(bk, d, S, shifts, wdt)
-    Y = bk.rfftn(y, S)
-    Z = bk.rfftn(z, S)
-    a_b = xp.asarray(a.astype(wdt)).reshape(a.shape + (1,) * nd)
-    X = sherman_morrison(xp, D, Y, Z, a_b)
-    return bk.irfftn(X, S).astype(wdt, copy=False)
+    with quiet_fp():
+        D = kernel_spectrum(bk, d, S, shifts, wdt)
+        Y = bk.rfftn(y, S)
+        # z may carry batch axes that y lacks (one y, several centres): the in-place
+        # updates of sherman_morrison need y's spectrum at the full batch shape.
+        Y = xp.broadcast_to(Y, tuple(batch) + Y.shape[Y.ndim - nd:])
+        Z = bk.rfftn(z, S)
+        a_b = xp.asarray(a.astype(wdt)).reshape(a.shape + (1,) * nd)
+        X = sherman_morrison(xp, D, Y, Z, a_b)
+        x = bk.irfftn(X, S).astype(wdt, copy=False)
+    return finite_result(bk, x, "the solution", ("y", "d", "z", "alpha"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _cache, _cuda
 from .._padding import embed_kernel, source_index
 
 __all__ = ["make_preconditioner", "band_stencil"]
@@ -39,11 +40,54 @@ def _scal(bk, v, dtype, ndim):
     return bk.xp.asarray(np.asarray(v, dtype=dtype)).reshape((-1,) + (1,) * ndim)
 
 
+def _key(prob, dtype, part):
+    """Cache identity of a preconditioner part: kernels, regularizers, weights, geometry, dtype."""
+    regs = ()
+    if prob.use_reg:
+        regs = tuple((t.weight, "I" if t.is_identity else t.op.cache_key()) for t in prob.terms)
+    return ("precond", part, prob.A.cache_key(), regs, prob.lam.tobytes() if prob.use_reg else b"",
+            prob.alpha.tobytes(), np.dtype(dtype).str)
+
+
+def _cached(bk, key, build):
+    cache = _cache.cache_for(bk)
+    val = cache.get(key)
+    if val is None:
+        val = build()
+        cache.put(key, val, _nbytes(val))
+    return val
+
+
+def _nbytes(val):
+    if isinstance(val, (list, tuple)):
+        return sum(_nbytes(v) for v in val)
+    return int(getattr(val, "nbytes", 64))
+
+
 # ------------------------------------------------------------ circulant part
 def circulant_part(bk, prob, dtype):
     """``r -> E F^-1 diag(1/D) F E^T r`` on a grid padded by 2(k-1) per axis."""
     xp, nd = bk.xp, prob.ndim
-    grid = tuple(bk.next_fast_len(n + 2 * (kk - 1) + 2) for n, kk in zip(prob.n, prob.kshape))
+    grid = tuple(bk.next_fast_len(n + 2 * (kk - 1)) for n, kk in zip(prob.n, prob.kshape))
+    Dinv = _cached(bk, _key(prob, dtype, "circulant"), lambda: _circulant_inverse(bk, prob, dtype, grid))
+    window = (Ellipsis,) + tuple(slice(0, n) for n in prob.n)
+
+    def apply(r):
+        if _cuda.enabled(bk) and _cuda.supports_ndim(nd):
+            # One pass each for the zero-fill into the grid, the product and the crop.
+            R_ = xp.ascontiguousarray(bk.rfftn(_cuda.embed(r, grid), grid))
+            _cuda.precondition_apply(R_, Dinv=Dinv, ndim=nd)
+            return _cuda.crop(bk.irfftn(R_, grid), prob.n)
+        R_ = bk.rfftn(r, grid)
+        R_ *= Dinv
+        return xp.ascontiguousarray(bk.irfftn(R_, grid)[window])
+
+    return apply
+
+
+def _circulant_inverse(bk, prob, dtype, grid):
+    """1 / D on the padded grid, D = |H|^2 + lam R + alpha, floored (per image)."""
+    xp, nd = bk.xp, prob.ndim
     zero = (0,) * nd
     D = _power(bk.rfftn(embed_kernel(xp, prob.h.astype(dtype, copy=False), grid, zero), grid))
     if prob.use_reg:
@@ -61,15 +105,7 @@ def circulant_part(bk, prob, dtype):
     axes = tuple(range(-nd, 0))
     floor = xp.maximum(D.max(axis=axes, keepdims=True) * (1e3 * np.finfo(dtype).eps),
                        np.finfo(dtype).tiny)
-    Dinv = 1 / xp.maximum(D, floor)
-    window = (Ellipsis,) + tuple(slice(0, n) for n in prob.n)
-
-    def apply(r):
-        R_ = bk.rfftn(r, grid)
-        R_ *= Dinv
-        return xp.ascontiguousarray(bk.irfftn(R_, grid)[window])
-
-    return apply
+    return 1 / xp.maximum(D, floor)
 
 
 # ------------------------------------------------------------ band part
@@ -157,7 +193,7 @@ def _band_geometry(prob, axis):
 
 
 def _fast(prob, a):
-    return prob.bk.next_fast_len(prob.n[a] + 2 * (prob.kshape[a] - 1) + 2)
+    return prob.bk.next_fast_len(prob.n[a] + 2 * (prob.kshape[a] - 1))
 
 
 def _host(bk, a):
@@ -166,6 +202,45 @@ def _host(bk, a):
 
 def band_part(bk, prob, dtype):
     """Additive band corrections, one per axis; returns ``(r, out) -> out + sum_a E_a B_a^-1 E_a^T r``."""
+    xp = bk.xp
+    corrections = _cached(bk, _key(prob, dtype, "band"), lambda: _band_inverses(bk, prob, dtype))
+    n = prob.n
+
+    def apply(r, out):
+        for axis, rows, tang, grid_t, Binv in corrections:
+            rb = xp.moveaxis(xp.take(r, rows, axis=axis + 1), axis + 1, -1)  # (B, *tangential, nr)
+            if tang:
+                Rb = bk.rfftn(xp.moveaxis(rb, -1, 1), grid_t)  # (B, nr, *spec)
+                Rb = xp.moveaxis(Rb, 1, -1)[..., None]  # (B, *spec, nr, 1)
+                Zb = xp.matmul(Binv, Rb)[..., 0]
+                zb = bk.irfftn(xp.moveaxis(Zb, -1, 1), grid_t)
+                zb = zb[(slice(None), slice(None)) + tuple(slice(0, n[a]) for a in tang)]
+                zb = xp.moveaxis(zb, 1, axis + 1)
+            else:
+                zb = xp.matmul(Binv, rb[..., None])[..., 0]
+                zb = xp.moveaxis(zb, -1, axis + 1)
+            idx = (slice(None),) * (axis + 1) + (rows,)
+            out[idx] += zb  # rows are distinct, so += adds once per row
+        return out
+
+    return apply
+
+
+def _hermitian_inverse(B, dtype):
+    """Inverse of a stack of Hermitian PSD matrices: Cholesky when PD, else eigh with a floor."""
+    try:
+        np.linalg.cholesky(B)
+        return np.linalg.inv(B)
+    except np.linalg.LinAlgError:
+        pass
+    ev, V = np.linalg.eigh(B)
+    top = ev.max(axis=tuple(range(1, ev.ndim)), keepdims=True)
+    ev = np.maximum(ev, np.maximum(top * 1e3 * np.finfo(dtype).eps, np.finfo(dtype).tiny))
+    return (V / ev[..., None, :]) @ np.conj(np.swapaxes(V, -1, -2))
+
+
+def _band_inverses(bk, prob, dtype):
+    """Per axis: (axis, rows, tangential axes, tangential grid, B^-1 per image and frequency)."""
     xp, nd = bk.xp, prob.ndim
     lam = np.asarray(prob.lam, dtype=np.float64)
     alpha = np.asarray(prob.alpha, dtype=np.float64)
@@ -193,36 +268,11 @@ def band_part(bk, prob, dtype):
                 Br = Bt if Br is None else Br + Bt
             Btot += lam[:, None, None, None] * Br[None]
         Btot += alpha[:, None, None, None] * np.eye(nr)[None, None]
-        # Hermitian PSD per frequency: invert through eigh with a floor.
-        ev, V = np.linalg.eigh(Btot)
-        top = ev.max(axis=(1, 2), keepdims=True)
-        ev = np.maximum(ev, np.maximum(top * 1e3 * np.finfo(dtype).eps, np.finfo(dtype).tiny))
-        Binv = (V / ev[..., None, :]) @ np.conj(np.swapaxes(V, -1, -2))
-        Binv = Binv.reshape((Bimg,) + _spec_shape(grid_t) + (nr, nr))
+        Binv = _hermitian_inverse(Btot, dtype).reshape((Bimg,) + _spec_shape(grid_t) + (nr, nr))
         cdt = np.complex64 if np.dtype(dtype) == np.float32 else np.complex128
         Binv = Binv.real.astype(dtype) if not tang else Binv.astype(cdt)
         corrections.append((axis, xp.asarray(rows), tang, grid_t, xp.asarray(Binv)))
-
-    n = prob.n
-
-    def apply(r, out):
-        for axis, rows, tang, grid_t, Binv in corrections:
-            rb = xp.moveaxis(xp.take(r, rows, axis=axis + 1), axis + 1, -1)  # (B, *tangential, nr)
-            if tang:
-                Rb = bk.rfftn(xp.moveaxis(rb, -1, 1), grid_t)  # (B, nr, *spec)
-                Rb = xp.moveaxis(Rb, 1, -1)[..., None]  # (B, *spec, nr, 1)
-                Zb = xp.matmul(Binv, Rb)[..., 0]
-                zb = bk.irfftn(xp.moveaxis(Zb, -1, 1), grid_t)
-                zb = zb[(slice(None), slice(None)) + tuple(slice(0, n[a]) for a in tang)]
-                zb = xp.moveaxis(zb, 1, axis + 1)
-            else:
-                zb = xp.matmul(Binv, rb[..., None])[..., 0]
-                zb = xp.moveaxis(zb, -1, axis + 1)
-            idx = (slice(None),) * (axis + 1) + (rows,)
-            out[idx] += zb  # rows are distinct, so += adds once per row
-        return out
-
-    return apply
+    return corrections
 
 
 def _spec_shape(grid_t):
@@ -254,6 +304,23 @@ def taper(bk, prob, dtype):
     return bk.xp.asarray(t.astype(dtype))
 
 
+#: The band model is dense per tangential frequency (w x w, w ~ kernel size): with kernels
+#: comparable to the image it grows like n^3 (a 256^2 image with a 101^2 kernel: 1 GiB and
+#: 16 s of eigh). Above max(MAX_BAND_BYTES, 16 x the unknown's bytes) the circulant part is
+#: used alone, which such kernels leave little to improve on anyway.
+MAX_BAND_BYTES = 64 * 2**20
+
+
+def band_bytes(prob):
+    """Bytes of the band model's complex w x w blocks (all axes and images), from shapes alone."""
+    total = 0
+    for axis in range(prob.ndim):
+        w, _, grid_t = _band_geometry(prob, axis)
+        nr = band_rows(prob.n[axis], w).size
+        total += prob.B * int(np.prod(_spec_shape(grid_t), dtype=np.int64)) * nr * nr * 16
+    return total
+
+
 def make_preconditioner(bk, prob, dtype, kind="band"):
     """``kind``: "circulant" (padded-grid Fourier division) or "band" (tapered circulant + bands).
 
@@ -263,7 +330,8 @@ def make_preconditioner(bk, prob, dtype, kind="band"):
     if kind not in ("circulant", "band"):
         raise ValueError(f"preconditioner kind must be 'circulant' or 'band'; got {kind!r}")
     circ = circulant_part(bk, prob, dtype)
-    if kind == "circulant":
+    unknown_bytes = prob.B * int(np.prod(prob.n)) * np.dtype(dtype).itemsize
+    if kind == "circulant" or band_bytes(prob) > max(MAX_BAND_BYTES, 16 * unknown_bytes):
         return circ
     band = band_part(bk, prob, dtype)
     T = taper(bk, prob, dtype)

@@ -1,0 +1,322 @@
+"""Device memory: what a deconvolution needs per image, and solving a batch in chunks that fit.
+
+``deconvolve(..., batch_size=...)``:
+
+* ``None`` (default): the whole batch at once on the CPU, ``"auto"`` on the GPU;
+* ``"auto"``: :func:`per_image_bytes` of the chosen method against the free
+  device memory (``cupy.cuda.Device().mem_info`` plus what CuPy's pool holds
+  unused), with the safety factor :data:`SAFETY`;
+* an int: chunks of that many images.
+
+On the GPU a chunk that runs out of memory (``cupy.cuda.memory.OutOfMemoryError``)
+is retried in halves, down to one image, before the error is let through
+(:func:`run_chunks`). The images of a batch are independent systems, so the
+chunks give the same answers as one call on the whole batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import traceback
+
+import numpy as np
+
+__all__ = ["SAFETY", "check_batch_size", "per_image_bytes", "auto_chunk", "run_chunks",
+           "solve_in_chunks"]
+
+#: Fraction of the free device memory that "auto" plans to use (the estimate
+#: leaves out cuFFT plans, CuPy's pool fragmentation and the caches).
+SAFETY = 0.5
+
+
+def check_batch_size(batch_size):
+    """Validate ``batch_size``: None, "auto" or a positive integer.
+
+    Examples
+    --------
+    >>> check_batch_size(4), check_batch_size("auto"), check_batch_size(None)
+    (4, 'auto', None)
+    """
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, str):
+        if batch_size == "auto":
+            return batch_size
+    elif isinstance(batch_size, (numbers.Integral, np.integer)) and not isinstance(batch_size, bool) \
+            and batch_size >= 1:
+        return int(batch_size)
+    raise ValueError(f"batch_size must be a positive integer, None or 'auto'; got {batch_size!r}")
+
+
+def _half(grid):
+    """Number of complex values of the rfftn half spectrum of a real grid."""
+    grid = tuple(int(g) for g in grid)
+    return math.prod(grid[:-1]) * (grid[-1] // 2 + 1)
+
+
+def _circulant_grid(prob):
+    bk = prob.bk
+    return tuple(bk.next_fast_len(n + 2 * (k - 1)) for n, k in zip(prob.n, prob.kshape))
+
+
+def _band_bytes(prob, itemsize):
+    """Per image: the inverted band blocks of the band preconditioner (dense, per tangential frequency)."""
+    total = 0
+    nd = prob.ndim
+    grid = _circulant_grid(prob)
+    for axis in range(nd):
+        widths = [prob.kshape[axis] - 1]
+        if prob.use_reg:
+            widths += [t.op.kernel_shape[axis] - 1 for t in prob.terms if not t.is_identity]
+        w = min(max(widths) + 2, prob.n[axis])
+        rows = min(2 * w, prob.n[axis])
+        tang = [grid[a] for a in range(nd) if a != axis]
+        freqs = _half(tang) if tang else 1
+        total += rows * rows * freqs * (2 * itemsize if tang else itemsize)
+    return total
+
+
+def per_image_bytes(prob, method, precondition="band"):
+    """Estimated peak device memory of one image of `prob` solved by `method`, in bytes.
+
+    Counts the work arrays a solve allocates beyond its inputs and its output
+    (grid sizes x dtype size x number of arrays alive at the peak; a cuFFT work
+    area is counted as one more spectrum), rounded up. With ``s`` the dtype
+    size, ``n`` the unknown's size, ``G`` the data term's FFT grid and ``Gh``
+    its half spectrum (about ``G / 2`` complex values):
+
+    * ``fft``: spectra of y, z and the work area, ``2 s Gh (2 + [alpha > 0])``;
+    * ``fft_approx``: the same plus the two filters;
+    * ``dct``: ``s n (4 + [alpha > 0])`` plus the complex work of the transforms;
+    * ``cg``: eight vectors of size n, the normal operator on its grid
+      (two real grids, three spectra), the circulant preconditioner on its
+      padded grid, and the band preconditioner's dense blocks.
+
+    Parameters
+    ----------
+    prob : gpu_deconv.solvers.deconvolve._Problem
+    method : {"fft", "fft_approx", "dct", "cg"}
+    precondition : {"band", "circulant", False}
+    """
+    s = np.dtype(prob.dtype).itemsize
+    c = 2 * s
+    nn = math.prod(prob.n)
+    grid = prob.A.grid_shape
+    g, gh = math.prod(grid), _half(grid)
+    zt = 1 if prob.use_alpha else 0
+    own_h = c * gh if prob.A.kernel_batch else 0  # a per-image kernel has a per-image spectrum
+    if method == "fft":
+        est = c * gh * (2 + zt) + own_h
+    elif method == "fft_approx":
+        est = c * gh * (3 + zt) + s * gh + own_h
+    elif method == "dct":
+        est = s * nn * (4 + zt) + 2 * c * nn
+    else:
+        vectors = 8 * s * nn
+        normal = 2 * s * g + 3 * c * gh
+        if prob.use_reg:
+            for t in prob.terms:
+                if not t.is_identity:
+                    rg = t.op.grid_shape
+                    normal = max(normal, 2 * s * math.prod(rg) + 3 * c * _half(rg) + s * nn)
+        pre = 0
+        if precondition:
+            pg = _circulant_grid(prob)
+            pre = s * _half(pg) + 2 * s * math.prod(pg) + 2 * c * _half(pg)
+            if precondition == "band":
+                pre += _band_bytes(prob, s)
+        est = vectors + normal + pre + own_h
+    return int(est) + 1
+
+
+def device_free_bytes(bk) -> int:
+    """Free device memory plus what CuPy's default pool holds unused (bytes)."""
+    cp = bk.xp
+    free, _total = cp.cuda.Device().mem_info
+    try:
+        free += cp.get_default_memory_pool().free_bytes()
+    except AttributeError:  # a pool without the statistic (e.g. an allocator set by the user)
+        pass
+    return int(free)
+
+
+def auto_chunk(prob, method, precondition="band", free_bytes=None) -> int:
+    """Images per chunk that fit `free_bytes` (default: the device's) with the SAFETY factor.
+
+    On the CPU (and with nothing to split) the whole batch.
+    """
+    B = prob.B
+    if not prob.bk.is_gpu and free_bytes is None:
+        return B
+    if free_bytes is None:
+        free_bytes = device_free_bytes(prob.bk)
+    out_bytes = B * math.prod(prob.n) * np.dtype(prob.dtype).itemsize  # the assembled result
+    budget = SAFETY * free_bytes - out_bytes
+    per = per_image_bytes(prob, method, precondition)
+    return int(max(1, min(B, budget // per)))
+
+
+def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None):
+    """Call ``fn(start, stop)`` over ``[0, n)`` in chunks of at most `chunk` items.
+
+    When a call raises one of the exception types `retry_on`, the same range
+    is tried again in halves (and the smaller size is kept for the rest),
+    down to one item; at one item the exception is raised.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(start, stop) -> result`` for the items ``start:stop``.
+    n : int
+        Number of items.
+    chunk : int
+        First chunk size (>= 1).
+    retry_on : tuple of exception types, optional
+        What means "too big" (e.g. ``cupy.cuda.memory.OutOfMemoryError``).
+        Empty: nothing is retried.
+    on_retry : callable, optional
+        ``on_retry(exc, new_size)`` before each retry (e.g. to free pooled memory).
+
+    Returns
+    -------
+    list of (start, stop, result)
+        In order, covering ``[0, n)``.
+
+    Examples
+    --------
+    >>> def f(a, b):
+    ...     if b - a > 2:
+    ...         raise MemoryError
+    ...     return b - a
+    >>> [r for _, _, r in run_chunks(f, 5, 5, retry_on=(MemoryError,))]
+    [2, 2, 1]
+    """
+    retry_on = tuple(retry_on)
+    out = []
+    start = 0
+    size = max(1, min(int(chunk), int(n)))
+    while start < n:
+        stop = min(n, start + size)
+        try:
+            res = fn(start, stop)
+        except retry_on as exc:
+            if stop - start <= 1:
+                raise
+            # The traceback holds the failed call's frames, and so its device
+            # arrays: let them go before the pool is asked to release memory.
+            traceback.clear_frames(exc.__traceback__)
+            size = max(1, (stop - start + 1) // 2)
+            if on_retry is not None:
+                on_retry(exc, size)
+            continue
+        out.append((start, stop, res))
+        start = stop
+    return out
+
+
+def oom_errors(bk) -> tuple:
+    """The exception types that mean "out of device memory" for `bk` (none on the CPU)."""
+    if not bk.is_gpu:
+        return ()
+    return (bk.xp.cuda.memory.OutOfMemoryError,)
+
+
+def _release_pool(bk):
+    def release(exc, size):
+        del exc, size
+        bk.xp.get_default_memory_pool().free_all_blocks()
+    return release
+
+
+def subproblem(prob, start, stop):
+    """Images ``start:stop`` of a flat-batch problem, sharing everything else.
+
+    The problem-wide switches (whether a regularizer or the proximal term is
+    present) stay those of the whole batch, so a chunk computes exactly what
+    the whole-batch call computes for its images.
+    """
+    from .operators import ConvolutionOperator
+
+    sub = copy.copy(prob)
+    sub.B = stop - start
+    sub.batch = (sub.B,)
+    sub.y = prob.y[start:stop]
+    sub.z = None if prob.z is None else prob.z[start:stop]
+    sub.x0 = None if prob.x0 is None else prob.x0[start:stop]
+    sub.lam = prob.lam[start:stop]
+    sub.alpha = prob.alpha[start:stop]
+    if prob.A.kernel_batch:
+        sub.h = prob.h[start:stop]
+        sub.A = ConvolutionOperator(sub.h, prob.n, prob.mode, boundary=prob.boundary,
+                                    convention=prob.convention, ndim=prob.ndim)
+    return sub
+
+
+def _cat(infos, name, shape):
+    parts = [getattr(i, name) for i in infos]
+    if any(p is None for p in parts):
+        return None
+    return np.concatenate([np.asarray(p).reshape(-1) for p in parts]).reshape(shape)
+
+
+def merge_info(infos, shape):
+    """One SolveInfo for the whole batch from the chunks' (None if they are None).
+
+    A chunk whose images all stopped early has a shorter history; its last
+    entry is repeated, which is what the whole-batch history holds for images
+    that have stopped (their residual no longer changes). History entries
+    stay flat (one value per image of the flat batch), as batched_cg makes them.
+    """
+    from .solvers.cg import SolveInfo
+
+    if infos[0] is None:
+        return None
+    first = infos[0]
+    hist = []
+    steps = max(len(i.history) for i in infos)
+    if steps and all(i.history for i in infos):
+        for k in range(steps):
+            hist.append(np.concatenate([np.asarray(i.history[min(k, len(i.history) - 1)]).reshape(-1)
+                                        for i in infos]))
+    return SolveInfo(first.method, _cat(infos, "iterations", shape), _cat(infos, "residual", shape),
+                     _cat(infos, "converged", shape), _cat(infos, "breakdown", shape),
+                     _cat(infos, "stagnated", shape), rtol=first.rtol,
+                     preconditioned=first.preconditioned, history=hist)
+
+
+def solve_in_chunks(prob, method, batch_size, solve, *, precondition="band", retry_on=None):
+    """Run ``solve(problem) -> (x, info)`` over the batch of `prob` in chunks that fit.
+
+    `x` of each chunk has a leading axis of its images; the result is
+    ``(x of shape (B, *n), info of batch shape prob.batch)``. With a single
+    chunk covering the batch, `solve` sees `prob` itself and its answer is
+    returned as it is (the NumPy default path is untouched). `retry_on`: the
+    exception types that make a chunk be retried in halves (default
+    :func:`oom_errors`: cupy's OutOfMemoryError on the GPU, nothing on the CPU).
+    """
+    bk = prob.bk
+    B = prob.B
+    batch_size = check_batch_size(batch_size)
+    if batch_size is None:
+        batch_size = "auto" if bk.is_gpu else B
+    chunk = auto_chunk(prob, method, precondition) if batch_size == "auto" else min(batch_size, B)
+    xp = bk.xp
+    out = {}
+
+    def run(start, stop):
+        if start == 0 and stop == B:
+            return solve(prob)
+        x_c, info_c = solve(subproblem(prob, start, stop))
+        if "x" not in out:
+            out["x"] = xp.empty((B,) + tuple(prob.n), dtype=x_c.dtype)
+        out["x"][start:stop] = x_c.reshape((stop - start,) + tuple(prob.n))
+        return None, info_c
+
+    errors = oom_errors(bk) if retry_on is None else tuple(retry_on)
+    parts = run_chunks(run, B, chunk, retry_on=errors, on_retry=_release_pool(bk) if bk.is_gpu else None)
+    if len(parts) == 1 and parts[0][1] - parts[0][0] == B:
+        return parts[0][2]
+    info = merge_info([r[1] for _, _, r in parts], tuple(prob.batch))
+    return out["x"], info
