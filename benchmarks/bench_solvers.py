@@ -1,0 +1,89 @@
+"""Solvers suite: closed forms (FFT, DCT), PCG vs plain CG, kernel estimation, multi-channel.
+
+Full sizes: closed forms on 1024^2; the exact valid-mode solve on a 512^2 unknown
+(15 x 15 Gaussian, sigma 2.5, lam 1e-3, Laplacian); kernel estimation from a 512^2
+pair (15 x 15 taps); multi-channel 4 images x 32 channels of 256^2, 9 x 9 filters.
+``extra_info`` carries iterations, residual and convergence of the CG solves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _bench_common import blurred, kernel, random_images, to_numpy
+
+import gpu_deconv as gd
+
+DTYPES = ("float32", "float64")
+
+
+# ------------------------------------------------------------ closed forms
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "uncached"])
+@pytest.mark.parametrize("method", ["fft", "dct"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_closed_form(benchmark, run, to_xp, sz, dtype, method, cached):
+    n = sz.closed_n
+    if method == "fft":
+        _, h, y = blurred((n, n), 15, "circular", dtype)
+        kw = dict(mode="circular", lam=1e-2, reg="laplacian")
+    else:
+        x = blurred((n, n), 15, "circular", dtype)[0]
+        h = kernel(15, dtype)
+        y = gd.convolve(x, h, "same", boundary="symmetric")
+        kw = dict(mode="same", boundary="symmetric", lam=1e-2, reg="laplacian")
+    y, h = to_xp(y), to_xp(h)
+    _, info = gd.deconvolve(y, h, return_info=True, **kw)
+    assert info.method == method
+    benchmark.group = f"closed form {method} {n}^2 {dtype}"
+    benchmark.extra_info.update(method=method, n=n, dtype=dtype, cached=cached)
+    run(lambda: gd.deconvolve(y, h, **kw), setup=None if cached else gd.clear_cache)
+
+
+# ------------------------------------------------------------ PCG vs CG
+PRECONDITIONERS = {"band": "band", "circulant": "circulant", "plain": False}
+
+
+@pytest.mark.parametrize("pc", list(PRECONDITIONERS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_valid_solve(benchmark, run, to_xp, sz, dtype, pc):
+    """Exact valid-mode Tikhonov solve to rtol=1e-6: band PCG, circulant PCG, plain CG."""
+    n, k = sz.valid_n, sz.valid_k
+    _, h, y = blurred((n, n), k, "valid", dtype)
+    y, h = to_xp(y), to_xp(h)
+    kw = dict(mode="valid", lam=1e-3, reg="laplacian", precondition=PRECONDITIONERS[pc])
+    benchmark.group = f"valid solve {n}^2 {dtype}"
+    _, info = run(lambda: gd.deconvolve(y, h, return_info=True, **kw), budget=2.0)
+    it = int(info.iterations)
+    benchmark.extra_info.update(
+        n=n, k=k, dtype=dtype, precondition=pc, iterations=it, residual=float(info.residual),
+        converged=bool(info.converged), stagnated=bool(info.stagnated),
+    )
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["time_per_iteration_s"] = benchmark.stats.stats.min / max(it, 1)
+
+
+# ------------------------------------------------------------ kernel estimation
+@pytest.mark.parametrize("mode", ["valid", "circular"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_estimate_kernel(benchmark, run, to_xp, sz, dtype, mode):
+    n, k = sz.kest_n, sz.kest_k
+    x, h, y = blurred((n, n), k, mode, dtype, noise=0.0)
+    x, y = to_xp(x), to_xp(y)
+    benchmark.group = f"kernel estimation {n}^2 {k}x{k} {dtype}"
+    benchmark.extra_info.update(n=n, k=k, dtype=dtype, mode=mode)
+    hk = run(lambda: gd.estimate_kernel(x, y, (k, k), mode=mode, lam=1e-8))
+    benchmark.extra_info["kernel_rel_err"] = float(
+        np.linalg.norm(to_numpy(hk) - h) / np.linalg.norm(h))
+
+
+# ------------------------------------------------------------ multi-channel
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multichannel(benchmark, run, to_xp, sz, dtype):
+    B, C, n, k = sz.mc_batch, sz.mc_channels, sz.mc_n, sz.mc_k
+    y = to_xp(random_images((B, n, n), dtype, seed=1))
+    d = to_xp(random_images((C, k, k), dtype, seed=2))
+    z = to_xp(random_images((B, C, n, n), dtype, seed=3))
+    benchmark.group = f"multichannel {B}x{C}x{n}^2 {dtype}"
+    benchmark.extra_info.update(batch=B, channels=C, n=n, k=k, dtype=dtype)
+    out = run(lambda: gd.solve_multichannel(y, d, 0.5, z))
+    assert out.shape == (B, C, n, n)
