@@ -93,8 +93,12 @@ def as_array(bk, name, a):
     raise TypeError(f"{name} must be an array of real numbers; got {type(a).__name__}")
 
 
-def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=True):
-    """Validated floating array for the computation: right module, dtype, finite."""
+def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=True, norm=False):
+    """Validated floating array for the computation: right module, dtype, finite.
+
+    With ``norm=True`` returns ``(array, ||array||^2)``: the same pass that
+    checks finiteness yields the norm (inf if the squares overflow).
+    """
     arr = as_array(bk, name, a)
     wdt = float_dtype(name, arr.dtype, dtype)
     if arr.ndim == 0:
@@ -107,13 +111,42 @@ def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=T
         # below as too large rather than warned about in the middle of the cast.
         with np.errstate(over="ignore", invalid="ignore"):
             arr = arr.astype(wdt)
-    if check_finite and arr.size and not bool(bk.xp.isfinite(arr).all()):
+    sq = None
+    if norm and arr.size:
+        sq = sq_norm(bk.xp, arr)
+        if np.isfinite(sq):
+            return arr, sq
+    if check_finite and arr.size and not all_finite(bk.xp, arr):
         if src is not arr and bool(bk.xp.isfinite(src).all()):
             big = float(bk.xp.abs(src).max())
             raise ValueError(f"{name} has values too large for {wdt} (|value| up to {big:.3g}); "
                              "pass dtype=float64 or rescale")
         raise ValueError(f"{name} contains NaN or Inf")
+    if norm:
+        # Here the squares overflowed although every value is finite (or a is empty).
+        return arr, (np.inf if arr.size else 0.0)
     return arr
+
+
+def sq_norm(xp, a) -> float:
+    """``sum(a**2)`` in one pass (a BLAS dot for contiguous arrays); inf/NaN if not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if a.flags.c_contiguous:
+            f = a.reshape(-1)
+            return float(xp.dot(f, f))
+        return float((a * a).sum())
+
+
+def all_finite(xp, a) -> bool:
+    """Whether every value of `a` is finite, in one pass without a temporary when it is.
+
+    NaN and Inf propagate into the sum; a sum that overflows although every
+    value is finite falls back to the elementwise test.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if bool(xp.isfinite(a.sum())):
+            return True
+    return bool(xp.isfinite(a).all())
 
 
 def quiet_fp():
@@ -132,7 +165,7 @@ def finite_result(bk, out, what, culprits):
     The inputs were finite (checked at the door), so a non-finite result means
     the working precision overflowed: returning it would be a wrong answer.
     """
-    if out.size and not bool(bk.xp.isfinite(out).all()):
+    if out.size and not all_finite(bk.xp, out):
         raise ValueError(
             f"{what} overflows {out.dtype}: the magnitudes of {', '.join(culprits)} are too large for "
             "the working precision; rescale them (or pass dtype=float64)"

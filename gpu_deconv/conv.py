@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._backend import get_backend
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import (
     as_float_array,
+    broadcast_batch,
     check_dtype_arg,
     check_mode_boundary_convention,
     check_ndim,
+    finite_result,
+    quiet_fp,
 )
 from .operators import ConvolutionOperator
 
 __all__ = ["convolve", "correlate"]
 
 
-def _prepare(x, h, mode, boundary, convention, ndim, dtype):
-    """Validate once; returns the operator and the checked image."""
+def _prepare(x, h, mode, boundary, convention, ndim, dtype, bound=None):
+    """Validate once; returns the operator and the checked image.
+
+    A dict passed as `bound` receives ``"norm"``: ``||h|| ||x||``, which bounds
+    every output sample (Cauchy-Schwarz), from the same passes that validate.
+    """
     check_mode_boundary_convention(mode, boundary, convention)
     dtype = check_dtype_arg(dtype)
     bk = get_backend(x=x, h=h)
-    x = as_float_array(bk, "x", x, dtype)
-    h = as_float_array(bk, "h", h, x.dtype)
+    x, x_sq = as_float_array(bk, "x", x, dtype, norm=True)
+    h, h_sq = as_float_array(bk, "h", h, x.dtype, norm=True)
+    if bound is not None:
+        bound["norm"] = float(np.sqrt(x_sq) * np.sqrt(h_sq))
     ndim = check_ndim(ndim, h.ndim)
     if x.ndim < ndim:
         raise ValueError(
@@ -97,8 +108,15 @@ def convolve(x: ArrayLike, h: ArrayLike, mode: Mode = "full", *, boundary: Bound
     >>> gpu_deconv.convolve(x, np.array([1.0, 1.0]), mode="same", boundary="symmetric")
     array([2., 3., 5., 7.])
     """
-    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
-    return op.forward(x)
+    bound = {}
+    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype, bound)
+    # x was validated by _prepare: apply the operator without checking it again.
+    batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
+    with quiet_fp():
+        out = op._forward(x, batch)
+    if bound["norm"] < np.finfo(out.dtype).max / 8:
+        return out  # |h * x| <= ||h|| ||x||: no sample can have overflowed
+    return finite_result(op.backend, out, "h * x", ("x", "h"))
 
 
 def correlate(x: ArrayLike, h: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",

@@ -130,6 +130,8 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
     breakdown = xp.zeros(batch, dtype=bool)
     stagnated = xp.zeros(batch, dtype=bool)
     last_true = xp.full(batch, np.inf)
+    final_res = xp.zeros(batch, dtype=res.dtype)
+    final_known = xp.zeros(batch, dtype=bool)
     iters = xp.zeros(batch, dtype=np.int64)
     history = [bk.asnumpy(res)] if keep_history else []
     z = M(r) if M is not None else r
@@ -172,6 +174,9 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
             rt = b - A(x)
             res_true = xp.sqrt(_dot(xp, rt, rt, nd)) / safe_bnorm
             ok = done & (res_true <= rtol)
+            # A confirmed image no longer changes: its final residual is known.
+            final_res = xp.where(ok, res_true, final_res)
+            final_known |= ok
             active &= ~ok
             restart = done & ~ok
             # Rounding caps what the true residual can reach (in float32 near
@@ -195,9 +200,12 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
         beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0).astype(b.dtype)
         p = z + beta[expand] * p
         rz = rz_new
-    # Report the true residual of what is returned.
-    rt = b - A(x)
-    res_true = xp.sqrt(_dot(xp, rt, rt, nd)) / safe_bnorm
+    # Report the true residual of what is returned (one more operator
+    # application unless every image was confirmed converged above).
+    res_true = final_res
+    if not bool((final_known | zero_rhs).all()):
+        rt = b - A(x)
+        res_true = xp.where(final_known, final_res, xp.sqrt(_dot(xp, rt, rt, nd)) / safe_bnorm)
     res_true = xp.where(zero_rhs, 0, res_true)
     converged = (res_true <= rtol) & ~breakdown & xp.isfinite(res_true)
     x /= scale
@@ -261,6 +269,8 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     breakdown = xp.zeros(batch, dtype=bool)
     stagnated = xp.zeros(batch, dtype=bool)
     last_true = xp.full(batch, np.inf)
+    final_res = xp.zeros(batch, dtype=np.float64)
+    final_known = xp.zeros(batch, dtype=bool)
     iters = xp.zeros(batch, dtype=np.int64)
     history = [bk.asnumpy(res)] if keep_history else []
     z = xp.ascontiguousarray(M(r), dtype=b.dtype) if M is not None else r
@@ -301,6 +311,8 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
             rt = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
             res_true = xp.sqrt(ops.dot(rt, rt)) / safe_bnorm
             ok = done & (res_true <= rtol)
+            final_res = xp.where(ok, res_true, final_res)
+            final_known |= ok
             active &= ~ok
             restart = done & ~ok
             stuck = restart & (res_true > 0.5 * last_true)
@@ -330,8 +342,10 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0)
         ops.update_p(p, z, beta)
         rz, rz_new = rz_new, rz
-    rt = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
-    res_true = xp.sqrt(ops.dot(rt, rt)) / safe_bnorm
+    res_true = final_res
+    if not bool((final_known | zero_rhs).all()):
+        rt = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
+        res_true = xp.where(final_known, final_res, xp.sqrt(ops.dot(rt, rt)) / safe_bnorm)
     res_true = xp.where(zero_rhs, 0, res_true)
     converged = (res_true <= rtol) & ~breakdown & xp.isfinite(res_true)
     x /= scale

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _cache
-from .._padding import embed_kernel, same_offset
+from .._padding import same_offset
+from .._spectra import kernel_rfft
 
 __all__ = ["spectral_filter", "apply_spectral_filter", "dct_filter", "fourier_division"]
 
@@ -31,8 +32,12 @@ def _check_denominator(bk, den, ndim, lam, alpha):
     axes = tuple(range(-ndim, 0))
     dmin = bk.asnumpy(den.min(axis=axes)).ravel()
     dmax = bk.asnumpy(den.max(axis=axes)).ravel()
+    nimg = np.asarray(lam).size
+    if dmin.size == 1 and nimg > 1:  # a denominator shared by every image
+        dmin, dmax = np.repeat(dmin, nimg), np.repeat(dmax, nimg)
     check_extrema(dmin, dmax, np.finfo(den.dtype).eps, lam, alpha)
     del xp
+    return float(dmin.min())
 
 
 def check_extrema(dmin, dmax, eps, lam, alpha):
@@ -64,23 +69,46 @@ def _lam_shape(bk, v, dtype, ndim):
     return a.reshape(a.shape + (1,) * ndim)
 
 
-def spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype):
+def spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype, Hp=None, stats=None):
     """The two filters of the circular closed form.
 
     Returns ``W = conj(H) / D`` and ``V = alpha / D`` (or None when alpha is
     all zero), ``D = |H|^2 + lam R + alpha``; `lam`, `alpha` are per image.
+    `Hp` is ``|H|^2`` if already known (it is cheap for separable kernels).
+    A dict passed as `stats` receives ``dmin``, the smallest denominator.
     """
     xp = bk.xp
     lam_b = _lam_shape(bk, lam, dtype, ndim)
     alpha_b = _lam_shape(bk, alpha, dtype, ndim)
-    den = Hs.real * Hs.real + Hs.imag * Hs.imag
+    if Hp is None:
+        Hp = Hs.real * Hs.real + Hs.imag * Hs.imag
     if Rs is not None:
-        den = den + lam_b * Rs
-    den = den + alpha_b
-    _check_denominator(bk, den, ndim, lam, alpha)
-    W = xp.conj(Hs) / den
-    V = (alpha_b / den) if np.any(np.asarray(alpha) != 0) else None
+        den = lam_b * Rs
+        den = _iadd(den, Hp)
+    else:
+        den = Hp.astype(Hp.dtype, copy=True)
+    use_alpha = bool(np.any(np.asarray(alpha) != 0))
+    if use_alpha:
+        den = den + alpha_b
+    dmin = _check_denominator(bk, den, ndim, lam, alpha)
+    if stats is not None:
+        stats["dmin"] = dmin
+    inv = 1 / den  # complex *= real runs without a complex temporary; complex / real does not
+    W = xp.conj(Hs)
+    if W.shape == tuple(np.broadcast_shapes(W.shape, inv.shape)):
+        W *= inv
+    else:
+        W = W * inv
+    V = (alpha_b * inv) if use_alpha else None
     return W, V
+
+
+def _iadd(a, b):
+    """a + b, in place when the result has a's shape."""
+    if tuple(np.broadcast_shapes(a.shape, b.shape)) == tuple(a.shape):
+        a += b
+        return a
+    return a + b
 
 
 def apply_spectral_filter(bk, W, V, y, z, grid):
@@ -110,7 +138,7 @@ def dct_eigenvalues(bk, apply, n, ndim):
     return num / den
 
 
-def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype):
+def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype, stats=None):
     """Filters of the DCT closed form: ``W = Lambda_A / D``, ``V = alpha / D``."""
     lam_b = _lam_shape(bk, lam, np.float64, ndim)
     alpha_b = _lam_shape(bk, alpha, np.float64, ndim)
@@ -118,7 +146,9 @@ def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype):
     if lam_R is not None:
         den = den + lam_b * lam_R
     den = den + alpha_b
-    _check_denominator(bk, den, ndim, lam, alpha)
+    dmin = _check_denominator(bk, den, ndim, lam, alpha)
+    if stats is not None:
+        stats["dmin"] = dmin
     W = (lam_A / den).astype(dtype)
     V = (alpha_b / den).astype(dtype) if np.any(np.asarray(alpha) != 0) else None
     return W, V
@@ -138,7 +168,7 @@ def kernel_spectrum(bk, h, grid, shifts, dtype):
     cache = _cache.cache_for(bk)
     s = cache.get(key)
     if s is None:
-        s = bk.rfftn(embed_kernel(bk.xp, h.astype(dtype, copy=False), grid, shifts), grid)
+        s = kernel_rfft(bk, h, grid, shifts, dtype)
         cache.put(key, s)
     return s
 

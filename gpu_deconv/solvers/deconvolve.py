@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import _cache, _cuda, _memory
 from .._backend import get_backend, is_cupy_array
+from .._spectra import kernel_power
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
 from .._validation import (
     as_float_array,
@@ -101,8 +102,11 @@ def _spatial_in(mode, m, k):
     return n
 
 
-def _image_array(bk, name, a, batch, n, dtype):
+def _image_array(bk, name, a, batch, n, dtype, norm=False):
     """An image-shaped argument (z, x0): spatial shape n, batch broadcast to `batch`."""
+    if norm:
+        a, sq = as_float_array(bk, name, a, dtype, norm=True)
+        return _image_array(bk, name, a, batch, n, dtype), sq
     a = as_float_array(bk, name, a, dtype)
     nd = len(n)
     if a.ndim < nd or tuple(a.shape[a.ndim - nd:]) != tuple(n):
@@ -153,14 +157,16 @@ def _reg_power(bk, prob, dtype):
     if not prob.use_reg:
         return None
     R = None
-    spec = prob.A.spectrum(dtype).shape[-prob.ndim:]
+    grid = prob.A.grid_shape
+    spec = tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
     for t in prob.terms:
         if t.is_identity:
             P = bk.xp.ones(spec, dtype=dtype)
         else:
-            S = t.op.spectrum(dtype)
-            P = S.real * S.real + S.imag * S.imag
-        R = t.weight * P if R is None else R + t.weight * P
+            P = kernel_power(bk, t.op.kernel, grid, dtype)
+        if t.weight != 1:
+            P = t.weight * P
+        R = P if R is None else R + P
     return R
 
 
@@ -315,15 +321,21 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
                          alpha=alpha, z=z, x0=x0, ndim=ndim, dtype=dtype)
     method = choose_method(prob, method)
 
+    unsafe = []
+
     def solve(p):
         if method == "cg":
+            unsafe.append(p)
             return _solve_cg(p, rtol, maxiter, precondition, return_info)
         xs = _solve_closed(p, method)
+        if not getattr(p, "output_safe", False):
+            unsafe.append(p)
         return xs, (_closed_info(p, method, xs, rtol) if return_info else None)
 
     with quiet_fp():
         x, info = _memory.solve_in_chunks(prob, method, batch_size, solve, precondition=precondition)
-    finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
+    if unsafe:  # a closed form whose output is bounded below overflow skips this pass
+        finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
     x = x.reshape(tuple(prob.batch) + tuple(prob.n))
     return (x, info) if return_info else x
 
@@ -334,7 +346,7 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     check_mode_boundary_convention(mode, boundary, convention)
     dtype = check_dtype_arg(dtype)
     bk = get_backend(y=y, h=h, z=z, x0=x0)
-    y = as_float_array(bk, "y", y, dtype)
+    y, y_sq = as_float_array(bk, "y", y, dtype, norm=True)
     wdt = y.dtype
     h, nd = _kernels(bk, h, wdt, ndim)
     if y.ndim < nd:
@@ -354,7 +366,7 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
         raise ValueError("alpha > 0 needs z (the proximal centre, with the unknown's shape)")
     _refuse_zero_kernel(bk, h, nd, batch, lam_a, alpha_a)
     terms = parse_reg(bk, reg, nd)
-    zf = _image_array(bk, "z", z, batch, n, wdt) if z is not None else None
+    zf, z_sq = _image_array(bk, "z", z, batch, n, wdt, norm=True) if z is not None else (None, 0.0)
     x0f = _image_array(bk, "x0", x0, batch, n, wdt) if x0 is not None else None
 
     B = int(np.prod(batch)) if batch else 1
@@ -368,6 +380,8 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     prob.z = zf.reshape((B,) + n) if zf is not None else None
     prob.x0 = x0f.reshape((B,) + n) if x0f is not None else None
     prob.lam, prob.alpha = lam_a.reshape(B), alpha_a.reshape(B)
+    # Norms of the data (from the validation pass) bound a closed form's output.
+    prob.y_sq, prob.z_sq = y_sq, z_sq
     prob.use_reg = bool(np.any(lam_a > 0))
     prob.use_alpha = bool(np.any(alpha_a > 0))
     prob.A = ConvolutionOperator(prob.h, n, mode, boundary=boundary, convention=convention, ndim=nd)
@@ -412,15 +426,29 @@ def _solve_closed(prob, method):
     cache = _cache.cache_for(bk)
     key = _filter_key(prob, method)
     filters = cache.get(key)
-    if method == "fft":
-        if filters is None:
-            Hs = prob.A.spectrum(wdt)
-            filters = cache.put(key, cf.spectral_filter(bk, Hs, _reg_power(bk, prob, wdt), prob.lam,
-                                                        prob.alpha, nd, wdt))
-        return cf.apply_spectral_filter(bk, *filters, prob.y, prob.z, prob.n)
     if filters is None:
-        filters = cache.put(key, _dct_filters(prob))
-    return cf.apply_dct_filter(bk, *filters, prob.y, prob.z, nd)
+        stats = {}
+        if method == "fft":
+            Hs = prob.A.spectrum(wdt)
+            # |H|^2 from the kernel's 1-D factors when separable (one real pass).
+            Hp = None if prob.A.kernel_batch else kernel_power(bk, prob.A.kernel, prob.A.grid_shape, wdt)
+            W, V = cf.spectral_filter(bk, Hs, _reg_power(bk, prob, wdt), prob.lam, prob.alpha, nd, wdt,
+                                      Hp=Hp, stats=stats)
+        else:
+            W, V = _dct_filters(prob, stats)
+        # |H| <= sum|h| at every frequency (and so is every DCT eigenvalue of a
+        # symmetric kernel): bounds on max|W| and max|V| without a pass over them.
+        inv = 1.0 / stats["dmin"]
+        hl1 = float(bk.xp.abs(prob.h).sum(axis=tuple(range(-nd, 0))).max())
+        filters = cache.put(key, (W, V, hl1 * inv, float(prob.alpha.max()) * inv))
+    W, V, wmax, vmax = filters
+    # Parseval (unitary transforms): |x| <= max|W| ||y|| + max|V| ||z||; when that
+    # is far below the largest float the result needs no finiteness pass.
+    bound = wmax * np.sqrt(prob.y_sq) + vmax * np.sqrt(prob.z_sq)
+    prob.output_safe = bool(bound < np.finfo(wdt).max / 8)
+    if method == "fft":
+        return cf.apply_spectral_filter(bk, W, V, prob.y, prob.z, prob.n)
+    return cf.apply_dct_filter(bk, W, V, prob.y, prob.z, nd)
 
 
 def _solve_fft_fused(prob):
@@ -446,7 +474,7 @@ def _solve_fft_fused(prob):
     return bk.irfftn(Y, n)
 
 
-def _dct_filters(prob):
+def _dct_filters(prob, stats=None):
     bk, n, nd = prob.bk, prob.n, prob.ndim
     lam_A = cf.dct_eigenvalues(bk, lambda d: prob.A._forward(d, (1,)), n, nd)
     lam_R = None
@@ -457,7 +485,7 @@ def _dct_filters(prob):
             else:
                 L = cf.dct_eigenvalues(bk, lambda d, op=t.op: op._normal(d, (1,)), n, nd)
             lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
-    return cf.dct_filter(bk, lam_A, lam_R, prob.lam, prob.alpha, nd, prob.dtype)
+    return cf.dct_filter(bk, lam_A, lam_R, prob.lam, prob.alpha, nd, prob.dtype, stats=stats)
 
 
 def _closed_info(prob, method, x, rtol):

@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _cache, _cuda
-from .._padding import embed_kernel, source_index
+from .._padding import source_index
+from .._spectra import kernel_rfft
 
 __all__ = ["make_preconditioner", "band_stencil"]
 
@@ -89,15 +90,14 @@ def _circulant_inverse(bk, prob, dtype, grid):
     """1 / D on the padded grid, D = |H|^2 + lam R + alpha, floored (per image)."""
     xp, nd = bk.xp, prob.ndim
     zero = (0,) * nd
-    D = _power(bk.rfftn(embed_kernel(xp, prob.h.astype(dtype, copy=False), grid, zero), grid))
+    D = _power(kernel_rfft(bk, prob.h, grid, zero, dtype))
     if prob.use_reg:
         R = None
         for t in prob.terms:
             if t.is_identity:
                 P = 1.0
             else:
-                g = t.op.kernel.astype(dtype, copy=False)
-                P = _power(bk.rfftn(embed_kernel(xp, g, grid, zero), grid))
+                P = _power(kernel_rfft(bk, t.op.kernel, grid, zero, dtype))
             R = t.weight * P if R is None else R + t.weight * P
         D = D + _scal(bk, prob.lam, dtype, nd) * R
     D = D + _scal(bk, prob.alpha, dtype, nd)
