@@ -9,7 +9,7 @@ from ._cache import cache_info, clear_cache, set_cache_limits
 from .conv import convolve, correlate
 from .grad import grad_h, grad_x
 from .operators import ConvolutionOperator
-from .solvers.cg import SolveInfo, cg
+from .solvers.cg import ConvergenceWarning, SolveInfo, cg
 from .solvers.deconvolve import deconvolve
 from .solvers.kernel import estimate_kernel
 from .solvers.multichannel import solve_multichannel
@@ -17,6 +17,7 @@ from .solvers.multichannel import solve_multichannel
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
     "ConvolutionOperator",
     "SolveInfo",
     "cg",

@@ -171,26 +171,3 @@ def fold(xp, v, plans, boundary):
             _scatter_add(xp, out, idx, vm[p.L + p.n:])
         v = xp.moveaxis(out, 0, axis)
     return v
-
-
-def embed_kernel(xp, h, grid, shifts):
-    """Kernel `h` (trailing axes) on `grid` with tap i at ``(i - shift) mod G``.
-
-    Taps beyond the grid length wrap and add (a kernel longer than the period
-    of a circular convolution aliases, exactly as the periodic model says).
-    """
-    nd = len(grid)
-    for ax, (G, c) in enumerate(zip(grid, shifts)):
-        axis = h.ndim - nd + ax
-        k = h.shape[axis]
-        q = -(-k // G)
-        if q * G != k:
-            widths = [(0, 0)] * h.ndim
-            widths[axis] = (0, q * G - k)
-            h = xp.pad(h, widths)
-        if q > 1:
-            shp = h.shape[:axis] + (q, G) + h.shape[axis + 1:]
-            h = h.reshape(shp).sum(axis=axis)
-        if c % G:
-            h = xp.roll(h, -(c % G), axis=axis)
-    return h

@@ -30,6 +30,7 @@ import os
 import re
 import signal
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -460,7 +461,12 @@ def test_fuzz_deconvolve_clean_problems(data):
     # Clean inputs: the only refusals are the documented ones (singular, not exact,
     # valid+scipy with a kernel larger than y's unknown...), and x alone is finite too.
     y, h, kw, batch, n = deconvolve_case(Fuzz(data.draw, p=0))
-    x = outcome(gd.deconvolve, (y, h), kw, SOLVER_NAMES)
+    # Without return_info, an image that does not converge is reported as a
+    # ConvergenceWarning (never silently); no other warning may appear.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", gd.ConvergenceWarning)
+        x = outcome(gd.deconvolve, (y, h), kw, SOLVER_NAMES)
+    assert all(issubclass(w.category, gd.ConvergenceWarning) for w in caught)
     if x is not None:
         assert_finite_array(x, tuple(batch) + tuple(n), work_dtype(y, kw["dtype"]))
 

@@ -402,3 +402,15 @@ def test_multichannel_bad_input(rng):
         gd.solve_multichannel(y, d, 1.0, np.zeros((2, 8, 8)))
     with pytest.raises(ValueError, match="d must have shape"):
         gd.solve_multichannel(y, np.ones(3), 1.0, np.zeros((3, 8, 8)))
+
+
+def test_non_convergence_without_info_is_a_warning(rng):
+    y = rng.standard_normal((3, 30, 30))
+    h = rng.standard_normal((5, 5))
+    with pytest.warns(gd.ConvergenceWarning, match=r"3 of 3 images did not converge.*maxiter=2 reached"):
+        x = gd.deconvolve(y, h, lam=1e-4, mode="valid", maxiter=2)
+    assert np.isfinite(x).all()
+    # With return_info the same news is in info, and nothing is warned.
+    x2, info = gd.deconvolve(y, h, lam=1e-4, mode="valid", maxiter=2, return_info=True)
+    assert not info.converged.any()
+    np.testing.assert_array_equal(x, x2)

@@ -17,7 +17,15 @@ from .._backend import get_backend, is_cupy_array
 from .._typing import Array, ArrayLike
 from .._validation import as_float_array, check_positive, finite_result, quiet_fp
 
-__all__ = ["cg", "SolveInfo"]
+__all__ = ["cg", "SolveInfo", "ConvergenceWarning"]
+
+
+class ConvergenceWarning(UserWarning):
+    """Some images of a batch did not reach the requested tolerance.
+
+    Issued by :func:`gpu_deconv.deconvolve` when it was not asked for
+    ``return_info=True`` (with it, ``info.converged`` reports the same, per image).
+    """
 
 #: Default iteration limit of the batched CG (per image).
 DEFAULT_MAXITER = 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from .._validation import (
 )
 from ..operators import ConvolutionOperator
 from . import closed_form as cf
-from .cg import DEFAULT_MAXITER, SolveInfo, batched_cg, pow2_scale
+from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2_scale
 from .precond import make_preconditioner
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
 
@@ -337,7 +338,29 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
     if unsafe:  # a closed form whose output is bounded below overflow skips this pass
         finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
     x = x.reshape(tuple(prob.batch) + tuple(prob.n))
+    if not return_info and method == "cg":
+        _warn_unconverged(info, rtol, maxiter)
     return (x, info) if return_info else x
+
+
+def _warn_unconverged(info, rtol, maxiter):
+    """Non-convergence is never silent: without return_info it becomes a ConvergenceWarning."""
+    if info is None or bool(np.all(info.converged)):
+        return
+    bad = np.flatnonzero(~np.ravel(info.converged))
+    res = np.ravel(info.residual)[bad]
+    why = []
+    if np.any(np.ravel(info.stagnated)[bad]):
+        why.append("rounding holds the residual above rtol (float32? try float64 or a larger rtol)")
+    if np.any(np.ravel(info.breakdown)[bad]):
+        why.append("breakdown (non-positive curvature: a singular or overflowing system)")
+    if np.any(np.ravel(info.iterations)[bad] >= maxiter):
+        why.append(f"maxiter={maxiter} reached")
+    warnings.warn(ConvergenceWarning(
+        f"{bad.size} of {np.size(info.converged)} images did not converge to rtol={rtol:g} "
+        f"(images {bad[:8].tolist()}{'...' if bad.size > 8 else ''}, residual up to {res.max():.2e})"
+        + (": " + "; ".join(why) if why else "") + ". Pass return_info=True for per-image details."),
+        stacklevel=3)
 
 
 def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", convention="scipy",
