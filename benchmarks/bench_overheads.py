@@ -84,8 +84,8 @@ def _pairs_floor(xp, fft, kw, n, k, dtype, preconditioned):
     H = A.spectrum()
     Hc = xp.conj(H)
     R = xp.abs(H)  # stands for lam * sum_i w_i |G_i|^2 on the same grid
-    Gp = tuple(int(fft.next_fast_len(n + 2 * (k - 1) + 2, real=True)) if xp is np
-               else int(fft.next_fast_len(n + 2 * (k - 1) + 2)) for _ in range(2))
+    Gp = tuple(int(fft.next_fast_len(n + 2 * (k - 1), real=True)) if xp is np
+               else int(fft.next_fast_len(n + 2 * (k - 1))) for _ in range(2))
     Dinv = xp.abs(fft.rfftn(xp.zeros((n, n), dtype=dtype), s=Gp, **kw)) + 1
     v = xp.asarray(random_images((n, n), dtype))
     lo = k - 1
