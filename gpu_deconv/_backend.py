@@ -208,6 +208,23 @@ class Backend:
         if self.name == "cupy":
             self.xp.cuda.get_current_stream().synchronize()
 
+    def scatter_add(self, out, idx, vals):
+        """``out[idx] += vals`` along axis 0, repeated indices accumulated."""
+        if self.name == "numpy":
+            np.add.at(out, idx, vals)
+        else:
+            import cupyx
+
+            cupyx.scatter_add(out, self.xp.asarray(idx), vals)
+
+    def csr_matrix(self, mat):
+        """A scipy.sparse matrix as this backend's CSR matrix (cupyx.scipy.sparse on the GPU)."""
+        if self.name == "numpy":
+            return mat
+        import cupyx.scipy.sparse as csp
+
+        return csp.csr_matrix(mat)
+
 
 _BACKENDS: dict = {}
 _BACKENDS_LOCK = threading.Lock()
@@ -225,6 +242,32 @@ def _backend(name) -> Backend:
 
 def numpy_backend() -> Backend:
     return _backend("numpy")
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def cupy_status():
+    """``(cupy module, "")`` when CuPy and a CUDA device are usable, else ``(None, why not)``.
+
+    The one place outside :class:`Backend` that imports cupy (for the CLI's
+    ``info``/``--device`` and the demo's device choice).
+    """
+    try:
+        import cupy
+    except ImportError:
+        return None, "cupy is not installed (pip install 'gpu_deconv[cuda12]' or 'gpu_deconv[cuda13]')"
+    except Exception as exc:  # a broken CUDA install can fail at import with anything
+        return None, f"cupy fails to import ({type(exc).__name__}: {_first_line(exc)})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"cupy {cupy.__version__} is installed but CUDA is not usable ({_first_line(exc)})"
+    if n < 1:
+        return None, f"cupy {cupy.__version__} is installed but no CUDA device is present"
+    return cupy, ""
 
 
 def get_backend(**arrays) -> Backend:

@@ -138,12 +138,9 @@ def pad(xp, x, plans, boundary):
 
 def _scatter_add(xp, out, idx, vals):
     """out[idx] += vals along axis 0, with repeated indices accumulated."""
-    if xp is np:
-        np.add.at(out, idx, vals)
-    else:
-        import cupyx  # noqa: PLC0415  (only reached with cupy arrays)
+    from ._backend import _backend
 
-        cupyx.scatter_add(out, xp.asarray(idx), vals)
+    _backend("numpy" if xp is np else "cupy").scatter_add(out, idx, vals)
 
 
 def fold(xp, v, plans, boundary):

@@ -90,19 +90,9 @@ def _int_ge(lo: int) -> Callable[[str], int]:
 # ------------------------------------------------------------------ devices
 def cupy_status() -> tuple[Any, str]:
     """(cupy module, "") when cupy and a CUDA device are usable, else (None, why not)."""
-    try:
-        import cupy
-    except ImportError:
-        return None, "cupy is not installed (pip install 'gpu_deconv[cuda12]' or 'gpu_deconv[cuda13]')"
-    except Exception as exc:  # a broken CUDA install can fail at import with anything
-        return None, f"cupy fails to import ({type(exc).__name__}: {_one_line(exc)})"
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return None, f"cupy {cupy.__version__} is installed but CUDA is not usable ({_one_line(exc)})"
-    if n < 1:
-        return None, f"cupy {cupy.__version__} is installed but no CUDA device is present"
-    return cupy, ""
+    from ._backend import cupy_status as status
+
+    return status()
 
 
 def _select_device(choice: str) -> tuple[Any, str]:

@@ -59,18 +59,11 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
     """
     xp = np
     if device in ("auto", "gpu"):
-        from ._backend import _backend
+        from ._backend import cupy_status
 
-        why = "no CUDA device is present"
-        try:
-            import cupy  # noqa: F401
-
-            ok = cupy.cuda.runtime.getDeviceCount() > 0
-        except Exception as exc:  # no cupy, or no usable device
-            ok = False
-            why = str(exc)
-        if ok:
-            xp = _backend("cupy").xp
+        cp, why = cupy_status()
+        if cp is not None:
+            xp = cp
         elif device == "gpu":
             raise RuntimeError(f"device='gpu' asked for, but cupy/CUDA is not usable: {why}")
     os.makedirs(out_dir, exist_ok=True)

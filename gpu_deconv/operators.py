@@ -461,11 +461,7 @@ class ConvolutionOperator:
             import scipy.sparse as sp
 
             mat = sp.coo_array((hflat[tap], (rows, cols)), shape=(M, N)).tocsr()
-            if self._bk.is_gpu:
-                import cupyx.scipy.sparse as csp  # only reached with CuPy inputs
-
-                return csp.csr_matrix(mat)
-            return mat
+            return self._bk.csr_matrix(mat)
         dense = np.zeros(self.kernel_batch + (M * N,), dtype=h.dtype)
         flat = rows * N + cols
         for b in np.ndindex(*self.kernel_batch):

@@ -144,3 +144,24 @@ def test_inputs_not_modified(rng):
         op.normal(x)
         op.adjoint(y)
     assert np.array_equal(x, x0) and np.array_equal(h, h0) and np.array_equal(y, y0)
+
+
+def test_only_the_backend_imports_cupy():
+    # One module answers "which array module": every other one goes through it.
+    import ast
+    import pathlib
+
+    pkg = pathlib.Path(gd.__file__).parent
+    offenders = []
+    for path in sorted(pkg.rglob("*.py")):
+        if path.name == "_backend.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            if any(n == "cupy" or n.startswith(("cupy.", "cupyx")) for n in names):
+                offenders.append(f"{path.relative_to(pkg)}:{node.lineno}")
+    assert offenders == []
