@@ -87,3 +87,66 @@ def test_multichannel(benchmark, run, to_xp, sz, dtype):
     benchmark.extra_info.update(batch=B, channels=C, n=n, k=k, dtype=dtype)
     out = run(lambda: gd.solve_multichannel(y, d, 0.5, z))
     assert out.shape == (B, C, n, n)
+
+
+# ------------------------------------------------------------ solver geometries (issue 3)
+#: (label, batch, spatial shape, kernel edge); quick mode shrinks them.
+GEOMETRIES = {
+    "512^2": ((), (512, 512), 15),
+    "2048^2": ((), (2048, 2048), 15),
+    "16x512^2": ((16,), (512, 512), 15),
+    "128^3": ((), (128, 128, 128), 7),
+}
+QUICK_GEOMETRIES = {
+    "512^2": ((), (64, 64), 7),
+    "2048^2": ((), (128, 128), 7),
+    "16x512^2": ((4,), (64, 64), 7),
+    "128^3": ((), (24, 24, 24), 5),
+}
+
+
+def _geometry(sz, label):
+    table = QUICK_GEOMETRIES if sz.closed_n < 1024 else GEOMETRIES
+    return table[label]
+
+
+def _problem(batch, shape, k, mode, dtype):
+    from gpu_deconv.data import gaussian_kernel, scene
+
+    x = scene(shape)
+    h = gaussian_kernel(k, k / 6.0, ndim=len(shape))
+    y = gd.convolve(x, h, mode, boundary="symmetric" if mode == "same" else "zero")
+    y = y + 0.01 * np.random.default_rng(0).standard_normal(y.shape)
+    if batch:
+        y = np.broadcast_to(y, batch + y.shape) + 0.001 * np.random.default_rng(1).standard_normal(
+            batch + y.shape)
+    return h.astype(dtype), np.ascontiguousarray(y, dtype=dtype)
+
+
+@pytest.mark.parametrize("solver", ["fft", "dct", "pcg-band", "pcg-circulant", "cg-plain"])
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_solver_geometry(benchmark, run, to_xp, sz, dtype, geometry, solver):
+    """Closed forms and (P)CG at 512^2, 2048^2, a batch of 16 x 512^2 and a 128^3 volume.
+
+    The (P)CG rows solve the valid-mode problem (lam 1e-3, Laplacian) to rtol 1e-6 and
+    report iterations; plain CG runs only where a round takes seconds (512^2 and the batch).
+    """
+    batch, shape, k = _geometry(sz, geometry)
+    big = np.prod(shape) >= 2048**2 or len(shape) == 3
+    mode = {"fft": "circular", "dct": "same"}.get(solver, "valid")
+    h, y = _problem(batch, shape, k, mode, dtype)
+    y, h = to_xp(y), to_xp(h)
+    kw = dict(mode=mode, lam=1e-3, reg="laplacian")
+    if solver == "dct":
+        kw["boundary"] = "symmetric"
+    if solver.startswith(("pcg", "cg")):
+        kw["precondition"] = {"pcg-band": "band", "pcg-circulant": "circulant", "cg-plain": False}[solver]
+    benchmark.group = f"solver {geometry} {dtype}"
+    benchmark.extra_info.update(geometry=geometry, dtype=dtype, solver=solver, kernel=k)
+    if solver == "cg-plain" and big:
+        # About 250 iterations of a 2048^2 / 128^3 operator: minutes per round.
+        pytest.skip("plain CG is timed at 512^2 and on the batch only (minutes per round here)")
+    _, info = run(lambda: gd.deconvolve(y, h, return_info=True, **kw), budget=2.0)
+    benchmark.extra_info.update(method=info.method, iterations=int(np.max(info.iterations)),
+                                converged=bool(np.all(info.converged)))
