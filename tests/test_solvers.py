@@ -151,6 +151,18 @@ def test_cg_agrees_with_closed_forms(rng):
     assert rel(x_cg, x_dct) < 1e-9
 
 
+def test_cg_single_system_without_batch_axes(rng):
+    # One system (b.ndim == ndim): the per-image scalars are 0-d, and must stay
+    # writable arrays across iterations (a regression of the shared CG loop).
+    d = rng.uniform(0.5, 50.0, 40)
+    b = rng.standard_normal(40)
+    for M in (None, lambda r: r / d):
+        x, info = gd.cg(lambda v: d * v, b, rtol=1e-12, M=M)
+        assert rel(x, b / d) < 1e-10
+        assert info.converged.shape == () and bool(info.converged)
+        assert int(info.iterations) >= (1 if M is not None else 2)
+
+
 def test_method_not_exact_is_refused(rng):
     y = rng.standard_normal((8, 8))
     h = rng.standard_normal((3, 3))

@@ -83,10 +83,6 @@ class SolveInfo:
         return bool(np.all(self.converged))
 
 
-def _dot(xp, u, v, nd):
-    return (u * v).sum(axis=tuple(range(-nd, 0)))
-
-
 def pow2_scale(xp, a, nd):
     """Per system, the power of two that brings ``max |a|`` into [0.5, 1) (1 for a zero system).
 
@@ -102,151 +98,70 @@ def pow2_scale(xp, a, nd):
     return xp.ldexp(xp.ones(amax.shape, dtype=a.dtype), xp.clip(-e, -lim, lim))
 
 
+class ArrayCGOps:
+    """The vector passes of :func:`batched_cg_fused` as array expressions (NumPy; CuPy without kernels).
+
+    Per-image scalars stay in the working precision (``astype(dtype)`` of the
+    step sizes), so float32 data is iterated in float32 throughout.
+    """
+
+    def __init__(self, xp, nd):
+        self.xp = xp
+        self.axes = tuple(range(-nd, 0))
+        self.expand = (Ellipsis,) + (None,) * nd
+
+    def dot(self, u, v, out=None):
+        d = (u * v).sum(axis=self.axes)
+        if out is None:
+            return self.xp.asarray(d)  # a single system sums to a NumPy scalar; the loop writes into it
+        out[...] = d
+        return out
+
+    def update_xr(self, x, r, p, q, a, out=None):
+        a = a.astype(x.dtype)[self.expand]
+        x += a * p
+        r -= a * q
+        return self.dot(r, r, out)
+
+    def update_p(self, p, z, beta):
+        p *= beta.astype(p.dtype)[self.expand]
+        p += z
+        return p
+
+
 def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=None,
                callback=None, keep_history=False):
-    """Core loop. `A`, `M` map arrays of b's shape to that shape; systems are the trailing `nd` axes."""
+    """Core loop. `A`, `M` map arrays of b's shape to that shape; systems are the trailing `nd` axes.
+
+    The vector passes are the GPU's fused kernels when they are enabled, array
+    expressions otherwise; the iteration itself is :func:`batched_cg_fused`.
+    """
     if _cuda.enabled(bk):
         ops = _cuda.CGKernels(b.shape[:b.ndim - nd], b.shape[b.ndim - nd:], b.dtype)
-        return batched_cg_fused(bk, A, b, nd, ops, x0=x0, rtol=rtol, maxiter=maxiter, M=M,
-                                callback=callback, keep_history=keep_history)
-    xp = bk.xp
-    batch = b.shape[:b.ndim - nd]
-    expand = (Ellipsis,) + (None,) * nd
-    scale = pow2_scale(xp, b, nd)[expand]
-    b = b * scale
-    if x0 is not None:
-        x0 = x0 * scale
-    if callback is not None:
-        user_callback = callback
-
-        def callback(xs):
-            user_callback(xs / scale)
-
-    bnorm = xp.sqrt(_dot(xp, b, b, nd))
-    zero_rhs = bnorm == 0
-    safe_bnorm = xp.where(zero_rhs, 1, bnorm)
-    if x0 is None:
-        x = xp.zeros_like(b)
-        r = b.copy()
     else:
-        x = x0.astype(b.dtype, copy=True)
-        r = b - A(x)
-    x[zero_rhs] = 0  # the exact answer of b = 0
-    r[zero_rhs] = 0
-    res = xp.sqrt(_dot(xp, r, r, nd)) / safe_bnorm
-    active = (res > rtol) & ~zero_rhs
-    breakdown = xp.zeros(batch, dtype=bool)
-    stagnated = xp.zeros(batch, dtype=bool)
-    last_true = xp.full(batch, np.inf)
-    final_res = xp.zeros(batch, dtype=res.dtype)
-    final_known = xp.zeros(batch, dtype=bool)
-    iters = xp.zeros(batch, dtype=np.int64)
-    history = [bk.asnumpy(res)] if keep_history else []
-    z = M(r) if M is not None else r
-    p = z.copy()
-    rz = _dot(xp, r, z, nd)
-    n_apply = 0
-    while bool(active.any()) and n_apply < maxiter:
-        q = A(p)
-        n_apply += 1
-        pq = _dot(xp, p, q, nd)
-        step = rz / xp.where(pq > 0, pq, 1)
-        # A non-finite curvature or step (an operator that overflowed) would put
-        # NaN into x: the image stops at its last finite iterate instead, and its
-        # r and p are zeroed so that the steps of 0 that follow add exactly 0.
-        bad = active & ~((pq > 0) & xp.isfinite(step))
-        if bool(bad.any()):
-            breakdown |= bad
-            active &= ~bad
-            r[bad] = 0
-            p[bad] = 0
-        a = xp.where(active, step, 0).astype(b.dtype)
-        x += a[expand] * p
-        r -= a[expand] * q
-        iters += active
-        rr = _dot(xp, r, r, nd)
-        res = xp.sqrt(rr) / safe_bnorm
-        bad = active & ~xp.isfinite(res)
-        if bool(bad.any()):
-            breakdown |= bad
-            active &= ~bad
-            r[bad] = 0
-            p[bad] = 0
-        if keep_history:
-            history.append(bk.asnumpy(res))
-        done = active & (res <= rtol)
-        restart = None
-        if bool(done.any()):
-            # The recursive residual drifts from the true one; confirm before
-            # declaring an image converged, and restart from the true residual if not.
-            rt = b - A(x)
-            res_true = xp.sqrt(_dot(xp, rt, rt, nd)) / safe_bnorm
-            ok = done & (res_true <= rtol)
-            # A confirmed image no longer changes: its final residual is known.
-            final_res = xp.where(ok, res_true, final_res)
-            final_known |= ok
-            active &= ~ok
-            restart = done & ~ok
-            # Rounding caps what the true residual can reach (in float32 near
-            # 1e-6 for harder problems): stop an image whose restarts no longer
-            # gain, and report it as not converged rather than loop to maxiter.
-            stuck = restart & (res_true > 0.5 * last_true)
-            if bool(stuck.any()):
-                stagnated |= stuck
-                active &= ~stuck
-                restart &= ~stuck
-            last_true = xp.where(restart, res_true, last_true)
-            if bool(restart.any()):
-                r = xp.where(restart[expand], rt, r)
-        if callback is not None:
-            callback(x)
-        if not bool(active.any()):
-            break
-        z = M(r) if M is not None else r
-        rz_new = _dot(xp, r, z, nd)
-        keep = active if restart is None else active & ~restart
-        beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0).astype(b.dtype)
-        p = z + beta[expand] * p
-        rz = rz_new
-    # Report the true residual of what is returned (one more operator
-    # application unless every image was confirmed converged above).
-    res_true = final_res
-    if not bool((final_known | zero_rhs).all()):
-        rt = b - A(x)
-        res_true = xp.where(final_known, final_res, xp.sqrt(_dot(xp, rt, rt, nd)) / safe_bnorm)
-    res_true = xp.where(zero_rhs, 0, res_true)
-    converged = (res_true <= rtol) & ~breakdown & xp.isfinite(res_true)
-    x /= scale
-    return x, {
-        "iterations": bk.asnumpy(iters),
-        "residual": bk.asnumpy(res_true).astype(np.float64),
-        "converged": bk.asnumpy(converged),
-        "breakdown": bk.asnumpy(breakdown),
-        "stagnated": bk.asnumpy(stagnated),
-        "history": history,
-    }
+        ops = ArrayCGOps(bk.xp, nd)
+    return batched_cg_fused(bk, A, b, nd, ops, x0=x0, rtol=rtol, maxiter=maxiter, M=M,
+                            callback=callback, keep_history=keep_history)
 
 
 def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=None,
                      callback=None, keep_history=False):
-    """:func:`batched_cg` with its vector passes done by `ops` (the GPU's fused kernels).
+    """The batched (P)CG iteration, with its passes over the vectors done by `ops`.
 
-    The same iteration, masks, true-residual confirmation, breakdown and
-    stagnation rules and history as :func:`batched_cg`; only how the passes
-    over the vectors are done differs. `ops` (:class:`gpu_deconv._cuda.CGKernels`
-    on the GPU; the CPU harness of the tests provides one that runs the same
+    `ops` (:class:`ArrayCGOps`; :class:`gpu_deconv._cuda.CGKernels` on the
+    GPU; the CPU harness of the tests provides one that runs the kernels'
     per-element code on the host) offers:
 
-    * ``dot(u, v, out)``: per-image dot product, float64;
+    * ``dot(u, v, out)``: per-image dot product;
     * ``update_xr(x, r, p, q, a, out)``: ``x += a p``, ``r -= a q`` in one
       pass, returning the new ``r . r``;
     * ``update_p(p, z, beta)``: ``p = z + beta p`` in place.
 
-    x, r and p are allocated once, before the loop, and updated in place;
-    per-image scalars are float64 (dot products accumulate in float64, and
-    the step sizes are rounded to the working precision inside the kernels,
-    as ``astype(b.dtype)`` does). Without a preconditioner ``r . z`` is the
-    ``r . r`` of the update pass, not a pass of its own.
+    x, r and p are allocated once, before the loop, and updated in place; the
+    per-image scalars have the dtype of ``ops.dot`` (float64 on the GPU, where
+    the kernels round the step sizes to the working precision). Without a
+    preconditioner ``r . z`` is the ``r . r`` of the update pass, not a pass of
+    its own.
     """
     xp = bk.xp
     batch = b.shape[:b.ndim - nd]
@@ -261,6 +176,9 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         def callback(xs):
             user_callback(xs / scale)
 
+    def vec(v):  # a user A may promote; the kernels want contiguous data of b's dtype
+        return xp.ascontiguousarray(v, dtype=b.dtype)
+
     bnorm = xp.sqrt(ops.dot(b, b))
     zero_rhs = bnorm == 0
     safe_bnorm = xp.where(zero_rhs, 1, bnorm)
@@ -269,7 +187,7 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         r = b.copy()
     else:
         x = xp.array(x0, dtype=b.dtype, order="C", copy=True)
-        r = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
+        r = vec(b - A(x))
     x[zero_rhs] = 0  # the exact answer of b = 0
     r[zero_rhs] = 0
     res = xp.sqrt(ops.dot(r, r)) / safe_bnorm
@@ -277,22 +195,25 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     breakdown = xp.zeros(batch, dtype=bool)
     stagnated = xp.zeros(batch, dtype=bool)
     last_true = xp.full(batch, np.inf)
-    final_res = xp.zeros(batch, dtype=np.float64)
+    final_res = xp.zeros(batch, dtype=res.dtype)
     final_known = xp.zeros(batch, dtype=bool)
     iters = xp.zeros(batch, dtype=np.int64)
     history = [bk.asnumpy(res)] if keep_history else []
-    z = xp.ascontiguousarray(M(r), dtype=b.dtype) if M is not None else r
+    z = vec(M(r)) if M is not None else r
     p = xp.array(z, order="C", copy=True)
     rz = ops.dot(r, z)
-    rz_new = xp.empty(batch, dtype=np.float64)
-    pq = xp.empty(batch, dtype=np.float64)
-    rr = xp.empty(batch, dtype=np.float64)
+    rz_new = xp.empty_like(rz)
+    pq = xp.empty_like(rz)
+    rr = xp.empty_like(rz)
     n_apply = 0
     while bool(active.any()) and n_apply < maxiter:
-        q = xp.ascontiguousarray(A(p), dtype=b.dtype)  # a user A may promote
+        q = vec(A(p))
         n_apply += 1
         ops.dot(p, q, out=pq)
         step = rz / xp.where(pq > 0, pq, 1)
+        # A non-finite curvature or step (an operator that overflowed) would put
+        # NaN into x: the image stops at its last finite iterate instead, and its
+        # r and p are zeroed so that the steps of 0 that follow add exactly 0.
         bad = active & ~((pq > 0) & xp.isfinite(step))
         if bool(bad.any()):
             breakdown |= bad
@@ -316,13 +237,19 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         restart = None
         restarted = False
         if bool(done.any()):
-            rt = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
+            # The recursive residual drifts from the true one; confirm before
+            # declaring an image converged, and restart from the true residual if not.
+            rt = vec(b - A(x))
             res_true = xp.sqrt(ops.dot(rt, rt)) / safe_bnorm
             ok = done & (res_true <= rtol)
+            # A confirmed image no longer changes: its final residual is known.
             final_res = xp.where(ok, res_true, final_res)
             final_known |= ok
             active &= ~ok
             restart = done & ~ok
+            # Rounding caps what the true residual can reach (in float32 near
+            # 1e-6 for harder problems): stop an image whose restarts no longer
+            # gain, and report it as not converged rather than loop to maxiter.
             stuck = restart & (res_true > 0.5 * last_true)
             if bool(stuck.any()):
                 stagnated |= stuck
@@ -344,15 +271,17 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
             else:
                 rz_new[...] = rr  # r . r of the update pass; r has not changed since
         else:
-            z = xp.ascontiguousarray(M(r), dtype=b.dtype)
+            z = vec(M(r))
             ops.dot(r, z, out=rz_new)
         keep = active if restart is None else active & ~restart
         beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0)
         ops.update_p(p, z, beta)
         rz, rz_new = rz_new, rz
+    # Report the true residual of what is returned (one more operator
+    # application unless every image was confirmed converged above).
     res_true = final_res
     if not bool((final_known | zero_rhs).all()):
-        rt = xp.ascontiguousarray(b - A(x), dtype=b.dtype)
+        rt = vec(b - A(x))
         res_true = xp.where(final_known, final_res, xp.sqrt(ops.dot(rt, rt)) / safe_bnorm)
     res_true = xp.where(zero_rhs, 0, res_true)
     converged = (res_true <= rtol) & ~breakdown & xp.isfinite(res_true)
