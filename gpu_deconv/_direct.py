@@ -35,9 +35,10 @@ class DirectPlan:
             else:
                 lo = hi = 0
             self.zpad.append((lo, hi))
-        k = h_host.reshape(h_host.shape[h_host.ndim - nd:]) if h_host.ndim == nd else None
-        nz = np.ones(h_host.shape[h_host.ndim - nd:], bool) if k is None else k != 0
-        if k is None:  # per-image kernels: a tap is skipped only if zero for every image
+        k = h_host if h_host.ndim == nd else None
+        if k is not None:
+            nz = k != 0
+        else:  # per-image kernels: a tap is skipped only if zero for every image
             nz = np.any(h_host.reshape((-1,) + h_host.shape[h_host.ndim - nd:]) != 0, axis=0)
         taps = np.argwhere(nz)
         self.taps = [tuple(int(v) for v in t) for t in taps]
