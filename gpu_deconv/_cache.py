@@ -91,7 +91,7 @@ def _freeze(value):
 
 
 def _nbytes(value) -> int:
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return sum(_nbytes(v) for v in value)
     return int(getattr(value, "nbytes", 64))
 
@@ -102,6 +102,15 @@ _device = ByteLRU(DEFAULT_DEVICE_BYTES)
 
 def cache_for(bk) -> ByteLRU:
     return _device if bk.is_gpu else _host
+
+
+def cached(bk, key, build):
+    """The value cached under `key` for `bk`'s memory, built by ``build()`` (and stored) on a miss."""
+    cache = cache_for(bk)
+    value = cache.get(key)
+    if value is None:
+        value = cache.put(key, build())
+    return value
 
 
 def set_cache_limits(host_bytes: int | None = None, device_bytes: int | None = None):

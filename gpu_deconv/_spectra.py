@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["kernel_rfft", "separable_terms"]
+from . import _cache
+
+__all__ = ["abs2", "kernel_rfft", "kernel_spectrum", "kernel_power", "weighted_power", "separable_terms"]
 
 #: Largest rank for which the sum of outer products beats a full transform.
 MAX_RANK = 3
@@ -140,8 +142,39 @@ def kernel_power(bk, h, grid, dtype):
                     g = o if g is None else g + o
                 g *= g
                 return g
-    S = kernel_rfft(bk, h, grid, (0,) * nd, dtype)
+    return abs2(kernel_rfft(bk, h, grid, (0,) * nd, dtype))
+
+
+def abs2(S):
+    """``|S|^2`` of a complex array, without the square root of ``abs``."""
     return S.real * S.real + S.imag * S.imag
+
+
+def kernel_spectrum(bk, h, grid, shifts, dtype, key=None):
+    """:func:`kernel_rfft`, cached by kernel contents, grid, origin and dtype.
+
+    `key` is ``_cache.content_key(bk, h)`` when the caller already has it.
+    """
+    dtype = np.dtype(dtype)
+    if key is None:
+        key = _cache.content_key(bk, h)
+    return _cache.cached(bk, ("rfft", key, len(grid), tuple(grid), tuple(shifts), dtype.str),
+                         lambda: kernel_rfft(bk, h, grid, shifts, dtype))
+
+
+def weighted_power(bk, terms, grid, dtype):
+    """``sum_i w_i |rfftn(g_i on grid)|^2`` over ``(w_i, g_i)`` pairs; ``g_i = None`` is the identity.
+
+    Real half spectrum of `grid`; None for no terms.
+    """
+    spec = tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
+    R = None
+    for w, g in terms:
+        P = bk.xp.ones(spec, dtype=dtype) if g is None else kernel_power(bk, g, grid, dtype)
+        if w != 1:
+            P = w * P
+        R = P if R is None else R + P
+    return R
 
 
 def _axis_transform(v, G, shift, last):

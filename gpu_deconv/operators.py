@@ -18,7 +18,7 @@ from . import _cache, _cuda
 from ._backend import get_backend, is_cupy_array
 from ._direct import DirectPlan, direct_adjoint, direct_forward
 from ._padding import fold, output_length, pad, plan_axis, source_index
-from ._spectra import kernel_rfft
+from ._spectra import abs2, kernel_spectrum
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import (
     as_float_array,
@@ -41,6 +41,14 @@ MAX_DENSE_ENTRIES = 2**24
 #: Building the pattern takes about 80-100 bytes per entry at its peak (measured: 1.3 GiB
 #: and 5 s at this limit; 2**26, the limit before, took 6 GiB and 20 s).
 MAX_SPARSE_ENTRIES = 2**24
+
+
+def _times_fresh(S, F):
+    """``S * F`` for a spectrum S made by the caller: in place unless F's batch widens it."""
+    if S.ndim >= F.ndim and all(a == b or b == 1 for a, b in zip(S.shape[S.ndim - F.ndim:], F.shape)):
+        S *= F
+        return S
+    return S * F
 
 
 def _window(plans, attr):
@@ -209,27 +217,25 @@ class ConvolutionOperator:
         """
         dtype = np.dtype(self.dtype if dtype is None else dtype)
         s = self._spectra.get(dtype)
-        if s is not None:
-            return s
-        bk = self._bk
-        cache = _cache.cache_for(bk)
-        if self._key is None:
-            self._key = _cache.content_key(bk, self._h)
-        key = ("rfft", self._key, self.ndim, self.grid_shape, self._shifts(), dtype.str)
-        s = cache.get(key)
         if s is None:
-            s = kernel_rfft(bk, self._h, self.grid_shape, self._shifts(), dtype)
-            cache.put(key, s)
-        self._spectra[dtype] = s
+            s = kernel_spectrum(self._bk, self._h, self.grid_shape, self._shifts(), dtype,
+                                key=self.cache_key()[0])
+            self._spectra[dtype] = s
         return s
 
     def _power(self, dtype):
         key = ("power", dtype)
         s = self._spectra.get(key)
         if s is None:
-            H = self.spectrum(dtype)
-            s = (H.real * H.real + H.imag * H.imag)
-            self._spectra[key] = s
+            s = self._spectra[key] = abs2(self.spectrum(dtype))
+        return s
+
+    def _conj_spectrum(self, dtype):
+        """conj(H), kept with the operator: the adjoint would otherwise rebuild it every call."""
+        key = ("conj", dtype)
+        s = self._spectra.get(key)
+        if s is None:
+            s = self._spectra[key] = self._bk.xp.conj(self.spectrum(dtype))
         return s
 
     # ---------------------------------------------------------------- checks
@@ -330,12 +336,9 @@ class ConvolutionOperator:
         else:
             XE = bk.rfftn(pad(bk.xp, x, self._plans, self.boundary), self.grid_shape)
         H = self.spectrum(x.dtype)
-        if keep_input or XE.ndim < H.ndim or any(
-                a != b and a == 1 for a, b in zip(XE.shape[XE.ndim - H.ndim:], H.shape)):
-            out = XE * H  # XE is still needed, or the kernel batch widens it
-            return (out, XE) if keep_input else out
-        XE *= H  # a fresh spectrum: reuse its memory
-        return XE
+        if keep_input:
+            return XE * H, XE
+        return _times_fresh(XE, H)
 
     def adjoint(self, y: ArrayLike) -> Array:
         """Apply the exact adjoint ``P^T C^H E^T`` to `y`.
@@ -370,7 +373,7 @@ class ConvolutionOperator:
     def _adjoint_spec(self, Y, conj_done=False):
         bk, xp = self._bk, self._bk.xp
         if not conj_done:
-            Y = Y * xp.conj(self.spectrum(Y.real.dtype))
+            Y = _times_fresh(Y, self._conj_spectrum(Y.real.dtype))
         if self._fused():
             v = bk.irfftn(Y, self.grid_shape)
             if all(p.L == 0 and p.R == 0 for p in self._plans):  # P^T is E^T: a crop
@@ -403,14 +406,14 @@ class ConvolutionOperator:
         if self._fused():
             if self._one_pass_normal:
                 XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
-                return self._adjoint_spec(XE * self._power(x.dtype), conj_done=True)
+                return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
             # E^T E on the grid as an in-place mask: no crop, no zero-filled copy.
             v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape))
             return self._adjoint_spec(bk.rfftn(_cuda.mask_window(v, self.spatial_out_shape),
                                                self.grid_shape))
         if self._one_pass_normal:
             XE = bk.rfftn(pad(xp, x, self._plans, self.boundary), self.grid_shape)
-            return self._adjoint_spec(XE * self._power(x.dtype), conj_done=True)
+            return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
         y = bk.irfftn(self._forward_spec(x), self.grid_shape)[_window(self._plans, "m")]
         return self._adjoint_spec(bk.rfftn(y, self.grid_shape))
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _cache
 from .._padding import same_offset
-from .._spectra import kernel_rfft
+from .._spectra import abs2, kernel_spectrum, weighted_power
 
 __all__ = ["spectral_filter", "apply_spectral_filter", "dct_filter", "fourier_division"]
 
@@ -28,7 +27,6 @@ class SingularSystemError(ValueError):
 
 def _check_denominator(bk, den, ndim, lam, alpha):
     """Refuse a (numerically) singular diagonal: min <= eps * max, per image."""
-    xp = bk.xp
     axes = tuple(range(-ndim, 0))
     dmin = bk.asnumpy(den.min(axis=axes)).ravel()
     dmax = bk.asnumpy(den.max(axis=axes)).ravel()
@@ -36,7 +34,6 @@ def _check_denominator(bk, den, ndim, lam, alpha):
     if dmin.size == 1 and nimg > 1:  # a denominator shared by every image
         dmin, dmax = np.repeat(dmin, nimg), np.repeat(dmax, nimg)
     check_extrema(dmin, dmax, np.finfo(den.dtype).eps, lam, alpha)
-    del xp
     return float(dmin.min())
 
 
@@ -63,7 +60,7 @@ def _fmt(v):
     return repr(float(v.ravel()[0])) if v.size == 1 else f"one per image, {v.size} values"
 
 
-def _lam_shape(bk, v, dtype, ndim):
+def image_scalars(bk, v, dtype, ndim):
     """Per-image scalars (shape (B,) or ()) -> broadcastable against (B, *spectrum)."""
     a = bk.xp.asarray(np.asarray(v, dtype=dtype))
     return a.reshape(a.shape + (1,) * ndim)
@@ -78,10 +75,10 @@ def spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype, Hp=None, stats=None):
     A dict passed as `stats` receives ``dmin``, the smallest denominator.
     """
     xp = bk.xp
-    lam_b = _lam_shape(bk, lam, dtype, ndim)
-    alpha_b = _lam_shape(bk, alpha, dtype, ndim)
+    lam_b = image_scalars(bk, lam, dtype, ndim)
+    alpha_b = image_scalars(bk, alpha, dtype, ndim)
     if Hp is None:
-        Hp = Hs.real * Hs.real + Hs.imag * Hs.imag
+        Hp = abs2(Hs)
     if Rs is not None:
         den = lam_b * Rs
         den = _iadd(den, Hp)
@@ -111,13 +108,18 @@ def _iadd(a, b):
     return a + b
 
 
-def apply_spectral_filter(bk, W, V, y, z, grid):
-    """``irfftn(W rfftn(y) + V rfftn(z))`` on `grid`, in one pass over the spectrum."""
-    Y = bk.rfftn(y, grid)
+def _apply_filter(forward, inverse, W, V, y, z):
+    """``inverse(W forward(y) + V forward(z))``, the filter product in place on the spectrum."""
+    Y = forward(y)
     Y *= W
     if V is not None:
-        Y += V * bk.rfftn(z, grid)
-    return bk.irfftn(Y, grid)
+        Y += V * forward(z)
+    return inverse(Y)
+
+
+def apply_spectral_filter(bk, W, V, y, z, grid):
+    """``irfftn(W rfftn(y) + V rfftn(z))`` on `grid`, in one pass over the spectrum."""
+    return _apply_filter(lambda a: bk.rfftn(a, grid), lambda A: bk.irfftn(A, grid), W, V, y, z)
 
 
 def _delta(bk, n, dtype):
@@ -140,8 +142,8 @@ def dct_eigenvalues(bk, apply, n, ndim):
 
 def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype, stats=None):
     """Filters of the DCT closed form: ``W = Lambda_A / D``, ``V = alpha / D``."""
-    lam_b = _lam_shape(bk, lam, np.float64, ndim)
-    alpha_b = _lam_shape(bk, alpha, np.float64, ndim)
+    lam_b = image_scalars(bk, lam, np.float64, ndim)
+    alpha_b = image_scalars(bk, alpha, np.float64, ndim)
     den = lam_A * lam_A
     if lam_R is not None:
         den = den + lam_b * lam_R
@@ -155,22 +157,8 @@ def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype, stats=None):
 
 
 def apply_dct_filter(bk, W, V, y, z, ndim):
-    Y = bk.dctn(y, ndim)
-    Y *= W
-    if V is not None:
-        Y += V * bk.dctn(z, ndim)
-    return bk.idctn(Y, ndim)
-
-
-def kernel_spectrum(bk, h, grid, shifts, dtype):
-    """rfftn of a kernel (trailing axes) placed on `grid` with the given origin shifts (cached)."""
-    key = ("rfft", _cache.content_key(bk, h), len(grid), tuple(grid), tuple(shifts), np.dtype(dtype).str)
-    cache = _cache.cache_for(bk)
-    s = cache.get(key)
-    if s is None:
-        s = kernel_rfft(bk, h, grid, shifts, dtype)
-        cache.put(key, s)
-    return s
+    """``idctn(W dctn(y) + V dctn(z))`` over the trailing `ndim` axes."""
+    return _apply_filter(lambda a: bk.dctn(a, ndim), lambda A: bk.idctn(A, ndim), W, V, y, z)
 
 
 def fourier_division(bk, y, h, terms_kernels, lam, alpha, z, mode, convention, n, ndim, dtype):
@@ -193,16 +181,8 @@ def fourier_division(bk, y, h, terms_kernels, lam, alpha, z, mode, convention, n
     else:
         grid, shifts = tuple(n), tuple(kk - 1 for kk in k)
     Hs = kernel_spectrum(bk, h, grid, shifts, dtype)
-    Rs = None
-    for w, g in terms_kernels:
-        P = 1.0 if g is None else _power(kernel_spectrum(bk, g, grid, (0,) * ndim, dtype))
-        Rs = w * P if Rs is None else Rs + w * P
-    if Rs is not None and not hasattr(Rs, "shape"):
-        Rs = bk.xp.full(Hs.shape[Hs.ndim - ndim:], Rs, dtype=dtype)
+    Rs = weighted_power(bk, terms_kernels, grid, dtype)
     W, V = spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype)
     x = apply_spectral_filter(bk, W, V, y, z, grid)
     return bk.xp.ascontiguousarray(x[(Ellipsis,) + tuple(slice(0, a) for a in n)])
 
-
-def _power(S):
-    return S.real * S.real + S.imag * S.imag

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _cache, _cuda, _memory
 from .._backend import get_backend, is_cupy_array
-from .._spectra import kernel_power
+from .._spectra import kernel_power, weighted_power
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
 from .._validation import (
     as_float_array,
@@ -124,6 +124,23 @@ def _image_array(bk, name, a, batch, n, dtype, norm=False):
 class _Problem:
     """Validated problem in flat-batch form: y (B, *m), per-image lam/alpha (B,)."""
 
+    def key(self, *tag, dtype=None):
+        """Cache identity of what is built from the operators alone (filters, preconditioners).
+
+        Kernels, regularizers and their weights, geometry, lam and alpha, dtype; `tag` says what.
+        """
+        regs = ()
+        if self.use_reg:
+            regs = tuple((t.weight, "I" if t.is_identity else t.op.cache_key()) for t in self.terms)
+        return tag + (self.A.cache_key(), regs, self.lam.tobytes() if self.use_reg else b"",
+                      self.alpha.tobytes(), np.dtype(self.dtype if dtype is None else dtype).str)
+
+    def reg_terms(self):
+        """``(w_i, kernel or None for the identity)`` of the regularizers in use (none without lam > 0)."""
+        if not self.use_reg:
+            return []
+        return [(t.weight, None if t.is_identity else t.op.kernel) for t in self.terms]
+
 
 def _dct_eligible(bk, prob):
     if prob.mode != "same" or prob.boundary != "symmetric":
@@ -155,20 +172,7 @@ def _fft_eligible(prob):
 
 def _reg_power(bk, prob, dtype):
     """R = sum_i w_i |G_i|^2 on the data grid (circular), or None without regularizer."""
-    if not prob.use_reg:
-        return None
-    R = None
-    grid = prob.A.grid_shape
-    spec = tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
-    for t in prob.terms:
-        if t.is_identity:
-            P = bk.xp.ones(spec, dtype=dtype)
-        else:
-            P = kernel_power(bk, t.op.kernel, grid, dtype)
-        if t.weight != 1:
-            P = t.weight * P
-        R = P if R is None else R + P
-    return R
+    return weighted_power(bk, prob.reg_terms(), prob.A.grid_shape, dtype)
 
 
 def _normal_reg(prob, x):
@@ -181,14 +185,10 @@ def _normal_reg(prob, x):
     return out
 
 
-def _scal(bk, v, dtype, ndim):
-    return bk.xp.asarray(np.asarray(v, dtype=dtype)).reshape((-1,) + (1,) * ndim)
-
-
 def _make_normal(bk, prob, dtype):
     A, nd = prob.A, prob.ndim
-    lam = _scal(bk, prob.lam, dtype, nd)
-    alpha = _scal(bk, prob.alpha, dtype, nd)
+    lam = cf.image_scalars(bk, prob.lam, dtype, nd)
+    alpha = cf.image_scalars(bk, prob.alpha, dtype, nd)
     use_alpha = prob.use_alpha
 
     def apply(x):
@@ -428,28 +428,15 @@ def choose_method(prob, method):
     return method
 
 
-def _filter_key(prob, method):
-    """Identity of a closed-form filter: kernels, regularizers, weights, geometry, dtype."""
-    regs = []
-    if prob.use_reg:
-        for t in prob.terms:
-            regs.append((t.weight, "I") if t.is_identity else (t.weight, t.op.cache_key()))
-    return (method, prob.A.cache_key(), tuple(regs), prob.lam.tobytes() if prob.use_reg else b"",
-            prob.alpha.tobytes(), prob.dtype.str)
-
-
 def _solve_closed(prob, method):
     bk, nd, wdt = prob.bk, prob.ndim, prob.dtype
     if method == "fft_approx":
-        tk = [(t.weight, None if t.is_identity else t.op.kernel) for t in prob.terms] if prob.use_reg else []
-        return cf.fourier_division(bk, prob.y, prob.h, tk, prob.lam, prob.alpha, prob.z, prob.mode,
-                                   prob.convention, prob.n, nd, wdt)
+        return cf.fourier_division(bk, prob.y, prob.h, prob.reg_terms(), prob.lam, prob.alpha, prob.z,
+                                   prob.mode, prob.convention, prob.n, nd, wdt)
     if method == "fft" and _cuda.enabled(bk):
         return _solve_fft_fused(prob)
-    cache = _cache.cache_for(bk)
-    key = _filter_key(prob, method)
-    filters = cache.get(key)
-    if filters is None:
+
+    def build():
         stats = {}
         if method == "fft":
             Hs = prob.A.spectrum(wdt)
@@ -463,8 +450,9 @@ def _solve_closed(prob, method):
         # symmetric kernel): bounds on max|W| and max|V| without a pass over them.
         inv = 1.0 / stats["dmin"]
         hl1 = float(bk.xp.abs(prob.h).sum(axis=tuple(range(-nd, 0))).max())
-        filters = cache.put(key, (W, V, hl1 * inv, float(prob.alpha.max()) * inv))
-    W, V, wmax, vmax = filters
+        return W, V, hl1 * inv, float(prob.alpha.max()) * inv
+
+    W, V, wmax, vmax = _cache.cached(bk, prob.key(method), build)
     # Parseval (unitary transforms): |x| <= max|W| ||y|| + max|V| ||z||; when that
     # is far below the largest float the result needs no finiteness pass.
     bound = wmax * np.sqrt(prob.y_sq) + vmax * np.sqrt(prob.z_sq)
@@ -479,14 +467,14 @@ def _solve_fft_fused(prob):
 
     ``(conj(H) Y + alpha Z) / (|H|^2 + lam R + alpha)`` in one pass over the
     spectrum, from the operator's spectrum H and the regularizer power R
-    (both cached with their operators) instead of the filters W, V of the
+    (both cached) instead of the filters W, V of the
     NumPy path, which would cost two more spectra of device memory per image.
     The singularity test reduces the denominator on the device and brings
     back two numbers per image.
     """
     bk, nd, wdt, n = prob.bk, prob.ndim, prob.dtype, tuple(prob.n)
     H = prob.A.spectrum(wdt)
-    R = _reg_power(bk, prob, wdt)
+    R = _cache.cached(bk, prob.key("reg_power"), lambda: _reg_power(bk, prob, wdt)) if prob.use_reg else None
     lam = bk.xp.asarray(prob.lam.astype(wdt))
     alpha = bk.xp.asarray(prob.alpha.astype(wdt))
     dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
@@ -522,7 +510,7 @@ def _closed_info(prob, method, x, rtol):
 def _rhs(prob):
     b = prob.A._adjoint(prob.y, (prob.B,))
     if prob.use_alpha:
-        b = b + _scal(prob.bk, prob.alpha, prob.dtype, prob.ndim) * prob.z
+        b = b + cf.image_scalars(prob.bk, prob.alpha, prob.dtype, prob.ndim) * prob.z
     return b
 
 

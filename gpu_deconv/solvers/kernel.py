@@ -18,6 +18,7 @@ import numpy as np
 
 from .._backend import get_backend
 from .._padding import pad
+from .._spectra import abs2
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from .._validation import as_float_array, broadcast_batch, check_shape, finite_result, quiet_fp
 from ..conv import _prepare
@@ -201,7 +202,7 @@ def _toeplitz_normal(bk, x, op, kernel_shape):
     else:
         grid = tuple(bk.next_fast_len(2 * n) for n in op.spatial_in_shape)
     Xf = bk.rfftn(x, grid)
-    R = bk.irfftn(Xf.real * Xf.real + Xf.imag * Xf.imag, grid)
+    R = bk.irfftn(abs2(Xf), grid)
     lead = tuple(range(R.ndim - nd))
     if lead:
         R = R.sum(axis=lead)

@@ -16,6 +16,7 @@ import numpy as np
 from .. import _cuda
 from .._backend import get_backend
 from .._padding import same_offset
+from .._spectra import abs2, kernel_spectrum
 from .._typing import Array, ArrayLike, Convention, DTypeLike, PerImage
 from .._validation import (
     CONVENTIONS,
@@ -27,7 +28,6 @@ from .._validation import (
     finite_result,
     quiet_fp,
 )
-from .closed_form import kernel_spectrum
 from .deconvolve import per_image
 
 __all__ = ["solve_multichannel"]
@@ -50,7 +50,7 @@ def sherman_morrison(xp, D, Y, Z, alpha):
     b = xp.conj(D) * chan(Y)
     b += chan(alpha) * Z
     vtb = (D * b).sum(axis=ax)
-    den = alpha + (D.real * D.real + D.imag * D.imag).sum(axis=0)
+    den = alpha + abs2(D).sum(axis=0)
     b -= xp.conj(D) * chan(vtb / den)
     b /= chan(alpha)
     return b

@@ -28,49 +28,23 @@ import numpy as np
 
 from .. import _cache, _cuda
 from .._padding import source_index
-from .._spectra import kernel_rfft
+from .._spectra import kernel_power, weighted_power
+from .closed_form import image_scalars
 
 __all__ = ["make_preconditioner", "band_stencil"]
 
 
-def _power(S):
-    return S.real * S.real + S.imag * S.imag
-
-
-def _scal(bk, v, dtype, ndim):
-    return bk.xp.asarray(np.asarray(v, dtype=dtype)).reshape((-1,) + (1,) * ndim)
-
-
-def _key(prob, dtype, part):
-    """Cache identity of a preconditioner part: kernels, regularizers, weights, geometry, dtype."""
-    regs = ()
-    if prob.use_reg:
-        regs = tuple((t.weight, "I" if t.is_identity else t.op.cache_key()) for t in prob.terms)
-    return ("precond", part, prob.A.cache_key(), regs, prob.lam.tobytes() if prob.use_reg else b"",
-            prob.alpha.tobytes(), np.dtype(dtype).str)
-
-
-def _cached(bk, key, build):
-    cache = _cache.cache_for(bk)
-    val = cache.get(key)
-    if val is None:
-        val = build()
-        cache.put(key, val, _nbytes(val))
-    return val
-
-
-def _nbytes(val):
-    if isinstance(val, (list, tuple)):
-        return sum(_nbytes(v) for v in val)
-    return int(getattr(val, "nbytes", 64))
+def _cached(bk, prob, dtype, part, build):
+    """A preconditioner part, cached by the problem's operators, weights and dtype."""
+    return _cache.cached(bk, prob.key("precond", part, dtype=dtype), build)
 
 
 # ------------------------------------------------------------ circulant part
 def circulant_part(bk, prob, dtype):
     """``r -> E F^-1 diag(1/D) F E^T r`` on a grid padded by 2(k-1) per axis."""
     xp, nd = bk.xp, prob.ndim
-    grid = tuple(bk.next_fast_len(n + 2 * (kk - 1)) for n, kk in zip(prob.n, prob.kshape))
-    Dinv = _cached(bk, _key(prob, dtype, "circulant"), lambda: _circulant_inverse(bk, prob, dtype, grid))
+    grid = tuple(_fast(prob, a) for a in range(nd))
+    Dinv = _cached(bk, prob, dtype, "circulant", lambda: _circulant_inverse(bk, prob, dtype, grid))
     window = (Ellipsis,) + tuple(slice(0, n) for n in prob.n)
 
     def apply(r):
@@ -89,18 +63,10 @@ def circulant_part(bk, prob, dtype):
 def _circulant_inverse(bk, prob, dtype, grid):
     """1 / D on the padded grid, D = |H|^2 + lam R + alpha, floored (per image)."""
     xp, nd = bk.xp, prob.ndim
-    zero = (0,) * nd
-    D = _power(kernel_rfft(bk, prob.h, grid, zero, dtype))
+    D = kernel_power(bk, prob.h, grid, dtype)
     if prob.use_reg:
-        R = None
-        for t in prob.terms:
-            if t.is_identity:
-                P = 1.0
-            else:
-                P = _power(kernel_rfft(bk, t.op.kernel, grid, zero, dtype))
-            R = t.weight * P if R is None else R + t.weight * P
-        D = D + _scal(bk, prob.lam, dtype, nd) * R
-    D = D + _scal(bk, prob.alpha, dtype, nd)
+        D = D + image_scalars(bk, prob.lam, dtype, nd) * weighted_power(bk, prob.reg_terms(), grid, dtype)
+    D = D + image_scalars(bk, prob.alpha, dtype, nd)
     # An approximation may vanish where the exact operator does not: floor it.
     axes = tuple(range(-nd, 0))
     floor = xp.maximum(D.max(axis=axes, keepdims=True) * (1e3 * np.finfo(dtype).eps),
@@ -203,7 +169,7 @@ def _host(bk, a):
 def band_part(bk, prob, dtype):
     """Additive band corrections, one per axis; returns ``(r, out) -> out + sum_a E_a B_a^-1 E_a^T r``."""
     xp = bk.xp
-    corrections = _cached(bk, _key(prob, dtype, "band"), lambda: _band_inverses(bk, prob, dtype))
+    corrections = _cached(bk, prob, dtype, "band", lambda: _band_inverses(bk, prob, dtype))
     n = prob.n
 
     def apply(r, out):
