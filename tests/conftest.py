@@ -3,23 +3,9 @@
 import numpy as np
 import pytest
 
+from gpu_deconv._backend import cupy_status
 
-def _cupy_status():
-    """(cupy module or None, reason it cannot be used)."""
-    try:
-        import cupy
-    except Exception as exc:  # ImportError, or a broken CUDA install
-        return None, f"cupy is not importable ({type(exc).__name__}: {exc})"
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return None, f"cupy is installed but no CUDA device is usable ({exc})"
-    if n < 1:
-        return None, "cupy is installed but no CUDA device is present"
-    return cupy, ""
-
-
-CUPY, CUPY_REASON = _cupy_status()
+CUPY, CUPY_REASON = cupy_status()
 
 BACKENDS = [
     "numpy",
