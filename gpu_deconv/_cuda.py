@@ -202,10 +202,7 @@ def window_geometry(m, grid) -> tuple:
 
 
 # ------------------------------------------------------------------ launch
-def _cupy():
-    from ._backend import _backend
-
-    return _backend("cupy").xp
+_cupy = _kernels._cupy  # cupy, imported lazily through _backend
 
 
 def _real_dtype(name, a):
@@ -285,8 +282,8 @@ def _launch(kind, dtype, grid, block, args, *, boundary=None, ndim=None):
 
 
 def _spatial(name, a, nd, expect):
-    got = tuple(a.shape[a.ndim - nd:]) if a.ndim >= nd else tuple(a.shape)
-    if a.ndim < nd or got != tuple(expect):
+    """Batch shape of `a`, whose trailing `nd` axes must be `expect`."""
+    if a.ndim < nd or tuple(a.shape[a.ndim - nd:]) != tuple(expect):
         raise ValueError(f"{name} must have trailing shape {tuple(expect)}; got shape {tuple(a.shape)}")
     return tuple(a.shape[:a.ndim - nd])
 
@@ -350,7 +347,6 @@ def fold_from_grid(v, plans, boundary):
     _check_cupy(cp, "v", v)
     dt = _real_dtype("v", v)
     nd = len(plans)
-    _check_nd(nd)
     G = tuple(v.shape[v.ndim - nd:]) if v.ndim >= nd else ()
     geom = pad_geometry(plans, G if len(G) == nd else None)
     batch = _spatial("v", v, nd, geom[9:9 + nd])
@@ -368,9 +364,8 @@ def fold_from_grid(v, plans, boundary):
     return out
 
 
-def crop(v, shape):
-    """The first ``shape[a]`` samples of each trailing axis, as a new C-contiguous array."""
-    cp = _cupy()
+def _window_args(cp, v, shape, *, in_place=False):
+    """Checks of crop / mask_window: (dtype, nd, batch shape, the 6 window arguments)."""
     _check_cupy(cp, "v", v)
     dt = _real_dtype("v", v)
     shape = tuple(int(s) for s in shape)
@@ -378,9 +373,17 @@ def crop(v, shape):
     _check_nd(nd)
     if v.ndim < nd:
         raise ValueError(f"v must have at least {nd} axes; got shape {tuple(v.shape)}")
-    G = tuple(v.shape[v.ndim - nd:])
-    geom = window_geometry(shape, G)
-    batch = tuple(v.shape[:v.ndim - nd])
+    if in_place and not v.flags.c_contiguous:
+        raise ValueError("v must be C-contiguous (it is masked in place)")
+    geom = window_geometry(shape, tuple(v.shape[v.ndim - nd:]))
+    return dt, nd, tuple(v.shape[:v.ndim - nd]), geom
+
+
+def crop(v, shape):
+    """The first ``shape[a]`` samples of each trailing axis, as a new C-contiguous array."""
+    cp = _cupy()
+    dt, nd, batch, geom = _window_args(cp, v, shape)
+    shape = geom[:nd]  # the window as ints
     with v.device:
         v = cp.ascontiguousarray(v)
         out = cp.empty(batch + shape, dtype=dt)
@@ -397,16 +400,7 @@ def mask_window(v, shape):
     grid does, in one pass and without the intermediate array.
     """
     cp = _cupy()
-    _check_cupy(cp, "v", v)
-    dt = _real_dtype("v", v)
-    shape = tuple(int(s) for s in shape)
-    nd = len(shape)
-    _check_nd(nd)
-    if v.ndim < nd:
-        raise ValueError(f"v must have at least {nd} axes; got shape {tuple(v.shape)}")
-    if not v.flags.c_contiguous:
-        raise ValueError("v must be C-contiguous (it is masked in place)")
-    geom = window_geometry(shape, tuple(v.shape[v.ndim - nd:]))
+    dt, nd, _, geom = _window_args(cp, v, shape, in_place=True)
     with v.device:
         total = v.size
         if total:
@@ -433,7 +427,7 @@ def _per_image(cp, name, v, B, dtype):
     if isinstance(v, cp.ndarray):
         a = v.astype(dtype, copy=False).ravel()
     else:
-        a = cp.asarray(np.ascontiguousarray(np.asarray(v, dtype=dtype).ravel()))
+        a = cp.asarray(np.asarray(v, dtype=dtype).ravel())
     if a.size == 1 and B != 1:
         a = cp.broadcast_to(a, (B,))
     if a.size != B:
@@ -561,6 +555,8 @@ def precondition_apply(Y, *, ndim, Dinv=None, D=None, floor=None):
         raise ValueError("Y must be C-contiguous (it is overwritten in place)")
     if (Dinv is None) == (D is None):
         raise ValueError("precondition_apply needs exactly one of Dinv and D")
+    if D is not None and floor is None:
+        raise ValueError("precondition_apply with D needs floor (one per image or a scalar)")
     F = tuple(int(s) for s in Y.shape[Y.ndim - ndim:])
     B = math.prod(Y.shape[:Y.ndim - ndim])
     nf = math.prod(F)
@@ -572,8 +568,6 @@ def precondition_apply(Y, *, ndim, Dinv=None, D=None, floor=None):
         if D is None:
             _launch("precond_mul", dt, grid_1d(total), (BLOCK,), (Y, Dd, total, nf, ds))
         else:
-            if floor is None:
-                raise ValueError("precondition_apply with D needs floor (one per image or a scalar)")
             fl = _per_image(cp, "floor", floor, B, dt)
             _launch("precond_div", dt, grid_1d(total), (BLOCK,), (Y, Dd, fl, total, nf, ds))
     return Y

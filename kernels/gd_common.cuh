@@ -94,7 +94,6 @@ GD_HD gd_i64 gd_mod(gd_i64 a, gd_i64 p) {
 }
 
 GD_HD gd_i64 gd_min_i64(gd_i64 a, gd_i64 b) { return a < b ? a : b; }
-GD_HD gd_i64 gd_max_i64(gd_i64 a, gd_i64 b) { return a > b ? a : b; }
 
 // ----------------------------------------------------------- launch grid
 #if defined(__CUDACC__)

@@ -7,32 +7,20 @@
 // to get one precision only (what gpu_deconv._kernels does).
 #include "pad_extract.cuh"
 
-#define GD_GEOM_PARAMS                                                              \
-    long long n0, long long n1, long long n2, long long L0, long long L1, long long L2, \
-        long long e0, long long e1, long long e2, long long G0, long long G1, long long G2
-
-#define GD_GEOM_ARRAYS                       \
-    const gd_i64 n[3] = {n0, n1, n2};       \
-    const gd_i64 L[3] = {L0, L1, L2};       \
-    const gd_i64 e[3] = {e0, e1, e2};       \
-    const gd_i64 G[3] = {G0, G1, G2};
-
-// out (B, G...) = P x written into the whole grid (zeros outside [0, e)).
-#define GD_PAD_KERNEL(T, SFX, BCNAME, BC, ND)                                            \
-    extern "C" __global__ void gd_pad_##BCNAME##_##ND##d_##SFX(                          \
-        const T* __restrict__ x, T* __restrict__ out, long long total, GD_GEOM_PARAMS) { \
-        GD_GEOM_ARRAYS                                                                   \
-        for (gd_i64 i = gd_thread_index(); i < total; i += gd_thread_stride())           \
-            out[i] = gd_pad_value<T, ND, BC>(x, i, n, L, e, G);                          \
-    }
-
-// out (B, n...) = P^T v, v (B, G...) read in place.
-#define GD_FOLD_KERNEL(T, SFX, BCNAME, BC, ND)                                           \
-    extern "C" __global__ void gd_fold_##BCNAME##_##ND##d_##SFX(                         \
-        const T* __restrict__ v, T* __restrict__ out, long long total, GD_GEOM_PARAMS) { \
-        GD_GEOM_ARRAYS                                                                   \
-        for (gd_i64 i = gd_thread_index(); i < total; i += gd_thread_stride())           \
-            out[i] = gd_fold_value<T, ND, BC>(v, i, n, L, e, G);                         \
+// gd_pad_*:  out (B, G...) = P x written into the whole grid (zeros outside [0, e));
+// gd_fold_*: out (B, n...) = P^T v, v (B, G...) read in place.
+// KIND (pad or fold) picks gd_<KIND>_value of pad_extract.cuh.
+#define GD_PAD_FOLD_KERNEL(KIND, T, SFX, BCNAME, BC, ND)                                    \
+    extern "C" __global__ void gd_##KIND##_##BCNAME##_##ND##d_##SFX(                        \
+        const T* __restrict__ in, T* __restrict__ out, long long total, long long n0,       \
+        long long n1, long long n2, long long L0, long long L1, long long L2, long long e0,  \
+        long long e1, long long e2, long long G0, long long G1, long long G2) {              \
+        const gd_i64 n[3] = {n0, n1, n2};                                                   \
+        const gd_i64 L[3] = {L0, L1, L2};                                                   \
+        const gd_i64 e[3] = {e0, e1, e2};                                                   \
+        const gd_i64 G[3] = {G0, G1, G2};                                                   \
+        for (gd_i64 i = gd_thread_index(); i < total; i += gd_thread_stride())              \
+            out[i] = gd_##KIND##_value<T, ND, BC>(in, i, n, L, e, G);                       \
     }
 
 // out (B, m...) = the first m samples per axis of v (B, G...).
@@ -57,13 +45,13 @@
             if (!gd_in_window<ND>(i, m, G)) v[i] = T(0);                                   \
     }
 
-#define GD_PAD_FOLD_BC(T, SFX, BCNAME, BC) \
-    GD_PAD_KERNEL(T, SFX, BCNAME, BC, 1)   \
-    GD_PAD_KERNEL(T, SFX, BCNAME, BC, 2)   \
-    GD_PAD_KERNEL(T, SFX, BCNAME, BC, 3)   \
-    GD_FOLD_KERNEL(T, SFX, BCNAME, BC, 1)  \
-    GD_FOLD_KERNEL(T, SFX, BCNAME, BC, 2)  \
-    GD_FOLD_KERNEL(T, SFX, BCNAME, BC, 3)
+#define GD_PAD_FOLD_BC(T, SFX, BCNAME, BC)          \
+    GD_PAD_FOLD_KERNEL(pad, T, SFX, BCNAME, BC, 1)  \
+    GD_PAD_FOLD_KERNEL(pad, T, SFX, BCNAME, BC, 2)  \
+    GD_PAD_FOLD_KERNEL(pad, T, SFX, BCNAME, BC, 3)  \
+    GD_PAD_FOLD_KERNEL(fold, T, SFX, BCNAME, BC, 1) \
+    GD_PAD_FOLD_KERNEL(fold, T, SFX, BCNAME, BC, 2) \
+    GD_PAD_FOLD_KERNEL(fold, T, SFX, BCNAME, BC, 3)
 
 #define GD_PAD_EXTRACT_ALL(T, SFX)                               \
     GD_PAD_FOLD_BC(T, SFX, zero, GD_BC_ZERO)                     \

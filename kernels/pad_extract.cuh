@@ -29,18 +29,24 @@ GD_HD gd_i64 gd_source_index(gd_i64 n, gd_i64 m) {
     return t < n ? t : 2 * n - 2 - t;
 }
 
+// Coordinates c[0..ND-1] of flat index idx of a C-ordered (B, shape[0], ...,
+// shape[ND-1]) array; returns its image b.
+template <int ND>
+GD_HD gd_i64 gd_unravel(gd_i64 idx, const gd_i64* shape, gd_i64* c) {
+    for (int a = ND - 1; a >= 0; --a) {
+        c[a] = idx % shape[a];
+        idx /= shape[a];
+    }
+    return idx;
+}
+
 // Value at flat index idx of the (B, G[0], ..., G[ND-1]) grid array:
 // (P x)[j - L] inside the extended window j < e on every axis, zero elsewhere.
 template <typename T, int ND, int BC>
 GD_HD T gd_pad_value(const T* x, gd_i64 idx, const gd_i64* n, const gd_i64* L,
                      const gd_i64* e, const gd_i64* G) {
     gd_i64 j[ND];
-    gd_i64 rest = idx;
-    for (int a = ND - 1; a >= 0; --a) {
-        j[a] = rest % G[a];
-        rest /= G[a];
-    }
-    gd_i64 off = rest;  // the image; becomes the flat index into x
+    gd_i64 off = gd_unravel<ND>(idx, G, j);  // the image; becomes the flat index into x
     for (int a = 0; a < ND; ++a) {
         if (j[a] >= e[a]) return T(0);
         const gd_i64 s = gd_source_index<BC>(n[a], j[a] - L[a]);
@@ -133,11 +139,7 @@ template <typename T, int ND, int BC>
 GD_HD T gd_fold_value(const T* v, gd_i64 idx, const gd_i64* n, const gd_i64* L,
                       const gd_i64* e, const gd_i64* G) {
     gd_i64 s[ND];
-    gd_i64 rest = idx;
-    for (int a = ND - 1; a >= 0; --a) {
-        s[a] = rest % n[a];
-        rest /= n[a];
-    }
+    const gd_i64 img = gd_unravel<ND>(idx, n, s);
     const int lead = 3 - ND;
     gd_run runs[3][2];
     int nruns[3];
@@ -151,7 +153,7 @@ GD_HD T gd_fold_value(const T* v, gd_i64 idx, const gd_i64* n, const gd_i64* L,
         nruns[lead + a] = gd_preimages<BC>(n[a], L[a], e[a], s[a], runs[lead + a]);
         g[lead + a] = G[a];
     }
-    const gd_i64 base = rest * g[0] * g[1] * g[2];
+    const gd_i64 base = img * g[0] * g[1] * g[2];
     T acc = T(0);
     for (int i0 = 0; i0 < nruns[0]; ++i0) {
         const gd_run r0 = runs[0][i0];
@@ -179,12 +181,7 @@ GD_HD T gd_fold_value(const T* v, gd_i64 idx, const gd_i64* n, const gd_i64* L,
 template <int ND>
 GD_HD gd_i64 gd_crop_source(gd_i64 idx, const gd_i64* m, const gd_i64* G) {
     gd_i64 t[ND];
-    gd_i64 rest = idx;
-    for (int a = ND - 1; a >= 0; --a) {
-        t[a] = rest % m[a];
-        rest /= m[a];
-    }
-    gd_i64 off = rest;
+    gd_i64 off = gd_unravel<ND>(idx, m, t);
     for (int a = 0; a < ND; ++a) off = off * G[a] + t[a];
     return off;
 }

@@ -19,20 +19,6 @@ namespace {
 template <typename T>
 using cplx = gd_complex<T>;
 
-template <typename T, int ND, int BC>
-void pad_loop(const void* x, void* out, gd_i64 total, const gd_i64* g) {
-    const gd_i64 *n = g, *L = g + 3, *e = g + 6, *G = g + 9;
-    for (gd_i64 i = 0; i < total; ++i)
-        static_cast<T*>(out)[i] = gd_pad_value<T, ND, BC>(static_cast<const T*>(x), i, n, L, e, G);
-}
-
-template <typename T, int ND, int BC>
-void fold_loop(const void* v, void* out, gd_i64 total, const gd_i64* g) {
-    const gd_i64 *n = g, *L = g + 3, *e = g + 6, *G = g + 9;
-    for (gd_i64 i = 0; i < total; ++i)
-        static_cast<T*>(out)[i] = gd_fold_value<T, ND, BC>(static_cast<const T*>(v), i, n, L, e, G);
-}
-
 // Pick the template instance (dtype, ndim, boundary) a kernel name encodes.
 template <template <typename, int, int> class F, typename... Args>
 int dispatch(int f64, int bc, int nd, Args... args) {
@@ -59,14 +45,20 @@ int dispatch(int f64, int bc, int nd, Args... args) {
 template <typename T, int ND, int BC>
 struct PadF {
     static void run(const void* x, void* out, gd_i64 total, const gd_i64* g) {
-        pad_loop<T, ND, BC>(x, out, total, g);
+        const gd_i64 *n = g, *L = g + 3, *e = g + 6, *G = g + 9;
+        for (gd_i64 i = 0; i < total; ++i)
+            static_cast<T*>(out)[i] =
+                gd_pad_value<T, ND, BC>(static_cast<const T*>(x), i, n, L, e, G);
     }
 };
 
 template <typename T, int ND, int BC>
 struct FoldF {
     static void run(const void* v, void* out, gd_i64 total, const gd_i64* g) {
-        fold_loop<T, ND, BC>(v, out, total, g);
+        const gd_i64 *n = g, *L = g + 3, *e = g + 6, *G = g + 9;
+        for (gd_i64 i = 0; i < total; ++i)
+            static_cast<T*>(out)[i] =
+                gd_fold_value<T, ND, BC>(static_cast<const T*>(v), i, n, L, e, G);
     }
 };
 
@@ -139,6 +131,45 @@ void update_xr(void* x, void* r, const void* p, const void* q, const double* a, 
     }
 }
 
+template <typename T>
+void spectral_solve(void* Y, const void* H, const void* R, const void* lam, const void* alpha,
+                    const void* Z, gd_i64 total, gd_i64 nf, gd_i64 hs, gd_i64 rs, int has_r,
+                    int has_z) {
+    for (gd_i64 i = 0; i < total; ++i)
+        gd_spectral_solve_at<T>(static_cast<cplx<T>*>(Y), static_cast<const cplx<T>*>(H),
+                                static_cast<const T*>(R), static_cast<const T*>(lam),
+                                static_cast<const T*>(alpha), static_cast<const cplx<T>*>(Z), i, nf,
+                                hs, rs, has_r, has_z);
+}
+
+template <typename T>
+void precond_mul(void* Y, const void* Dinv, gd_i64 total, gd_i64 nf, gd_i64 ds) {
+    for (gd_i64 i = 0; i < total; ++i)
+        gd_precond_mul_at<T>(static_cast<cplx<T>*>(Y), static_cast<const T*>(Dinv), i, nf, ds);
+}
+
+template <typename T>
+void precond_div(void* Y, const void* D, const void* floor_, gd_i64 total, gd_i64 nf, gd_i64 ds) {
+    for (gd_i64 i = 0; i < total; ++i)
+        gd_precond_div_at<T>(static_cast<cplx<T>*>(Y), static_cast<const T*>(D),
+                             static_cast<const T*>(floor_), i, nf, ds);
+}
+
+template <typename T>
+void sherman_morrison(const void* D, const void* Y, const void* Z, const void* alpha, void* X,
+                      gd_i64 total, gd_i64 C, gd_i64 nf) {
+    for (gd_i64 i = 0; i < total; ++i)
+        gd_sherman_morrison_at<T>(static_cast<const cplx<T>*>(D), static_cast<const cplx<T>*>(Y),
+                                  static_cast<const cplx<T>*>(Z), static_cast<const T*>(alpha),
+                                  static_cast<cplx<T>*>(X), i, C, nf);
+}
+
+template <typename T>
+void update_p(void* p, const void* z, const double* beta, gd_i64 total, gd_i64 n) {
+    for (gd_i64 i = 0; i < total; ++i)
+        gd_cg_update_p_at<T>(static_cast<T*>(p), static_cast<const T*>(z), beta, i, n);
+}
+
 }  // namespace
 
 extern "C" {
@@ -196,24 +227,10 @@ int gdh_mask(int f64, int nd, void* v, long long total, const long long* mG) {
 void gdh_spectral_solve(int f64, void* Y, const void* H, const void* R, const void* lam,
                         const void* alpha, const void* Z, long long total, long long nf,
                         long long h_stride, long long r_stride, int has_r, int has_z) {
-    for (gd_i64 i = 0; i < total; ++i) {
-        if (f64)
-            gd_spectral_solve_at<double>(static_cast<cplx<double>*>(Y),
-                                         static_cast<const cplx<double>*>(H),
-                                         static_cast<const double*>(R),
-                                         static_cast<const double*>(lam),
-                                         static_cast<const double*>(alpha),
-                                         static_cast<const cplx<double>*>(Z), i, nf, h_stride,
-                                         r_stride, has_r, has_z);
-        else
-            gd_spectral_solve_at<float>(static_cast<cplx<float>*>(Y),
-                                        static_cast<const cplx<float>*>(H),
-                                        static_cast<const float*>(R),
-                                        static_cast<const float*>(lam),
-                                        static_cast<const float*>(alpha),
-                                        static_cast<const cplx<float>*>(Z), i, nf, h_stride,
-                                        r_stride, has_r, has_z);
-    }
+    if (f64)
+        spectral_solve<double>(Y, H, R, lam, alpha, Z, total, nf, h_stride, r_stride, has_r, has_z);
+    else
+        spectral_solve<float>(Y, H, R, lam, alpha, Z, total, nf, h_stride, r_stride, has_r, has_z);
 }
 
 void gdh_spectral_extrema(int f64, const void* H, const void* R, const void* lam,
@@ -230,42 +247,26 @@ void gdh_spectral_extrema(int f64, const void* H, const void* R, const void* lam
 
 void gdh_precond_mul(int f64, void* Y, const void* Dinv, long long total, long long nf,
                      long long d_stride) {
-    for (gd_i64 i = 0; i < total; ++i) {
-        if (f64)
-            gd_precond_mul_at<double>(static_cast<cplx<double>*>(Y),
-                                      static_cast<const double*>(Dinv), i, nf, d_stride);
-        else
-            gd_precond_mul_at<float>(static_cast<cplx<float>*>(Y), static_cast<const float*>(Dinv),
-                                     i, nf, d_stride);
-    }
+    if (f64)
+        precond_mul<double>(Y, Dinv, total, nf, d_stride);
+    else
+        precond_mul<float>(Y, Dinv, total, nf, d_stride);
 }
 
 void gdh_precond_div(int f64, void* Y, const void* D, const void* floor_, long long total,
                      long long nf, long long d_stride) {
-    for (gd_i64 i = 0; i < total; ++i) {
-        if (f64)
-            gd_precond_div_at<double>(static_cast<cplx<double>*>(Y), static_cast<const double*>(D),
-                                      static_cast<const double*>(floor_), i, nf, d_stride);
-        else
-            gd_precond_div_at<float>(static_cast<cplx<float>*>(Y), static_cast<const float*>(D),
-                                     static_cast<const float*>(floor_), i, nf, d_stride);
-    }
+    if (f64)
+        precond_div<double>(Y, D, floor_, total, nf, d_stride);
+    else
+        precond_div<float>(Y, D, floor_, total, nf, d_stride);
 }
 
 void gdh_sherman_morrison(int f64, const void* D, const void* Y, const void* Z, const void* alpha,
                           void* X, long long total, long long C, long long nf) {
-    for (gd_i64 i = 0; i < total; ++i) {
-        if (f64)
-            gd_sherman_morrison_at<double>(
-                static_cast<const cplx<double>*>(D), static_cast<const cplx<double>*>(Y),
-                static_cast<const cplx<double>*>(Z), static_cast<const double*>(alpha),
-                static_cast<cplx<double>*>(X), i, C, nf);
-        else
-            gd_sherman_morrison_at<float>(
-                static_cast<const cplx<float>*>(D), static_cast<const cplx<float>*>(Y),
-                static_cast<const cplx<float>*>(Z), static_cast<const float*>(alpha),
-                static_cast<cplx<float>*>(X), i, C, nf);
-    }
+    if (f64)
+        sherman_morrison<double>(D, Y, Z, alpha, X, total, C, nf);
+    else
+        sherman_morrison<float>(D, Y, Z, alpha, X, total, C, nf);
 }
 
 void gdh_dot_partial(int f64, const void* u, const void* v, double* partial, long long n,
@@ -295,14 +296,10 @@ void gdh_cg_update_xr(int f64, void* x, void* r, const void* p, const void* q, c
 
 void gdh_cg_update_p(int f64, void* p, const void* z, const double* beta, long long total,
                      long long n) {
-    for (gd_i64 i = 0; i < total; ++i) {
-        if (f64)
-            gd_cg_update_p_at<double>(static_cast<double*>(p), static_cast<const double*>(z), beta,
-                                      i, n);
-        else
-            gd_cg_update_p_at<float>(static_cast<float*>(p), static_cast<const float*>(z), beta, i,
-                                     n);
-    }
+    if (f64)
+        update_p<double>(p, z, beta, total, n);
+    else
+        update_p<float>(p, z, beta, total, n);
 }
 
 }  // extern "C"
