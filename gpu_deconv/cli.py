@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from . import io
+from ._backend import cupy_status, get_backend, get_workers
+from ._validation import all_finite, check_dtype_arg, float_dtype
 
 PROG = "gpu-deconv"
 MODES = ("same", "valid", "full", "circular")
@@ -88,23 +90,20 @@ def _int_ge(lo: int) -> Callable[[str], int]:
 
 
 # ------------------------------------------------------------------ devices
-def cupy_status() -> tuple[Any, str]:
-    """(cupy module, "") when cupy and a CUDA device are usable, else (None, why not)."""
-    from ._backend import cupy_status as status
-
-    return status()
+def _cupy_for(choice: str) -> tuple[Any, str]:
+    """(cupy or None for NumPy, why not) for ``--device``; ``gpu`` without a GPU is a UsageError."""
+    if choice == "cpu":
+        return None, "--device cpu"
+    cp, why = cupy_status()
+    if cp is None and choice == "gpu":
+        raise UsageError(f"--device gpu: no usable GPU: {why}")
+    return cp, why
 
 
 def _select_device(choice: str) -> tuple[Any, str]:
     """(cupy or None for NumPy, label). ``gpu`` without a GPU is a UsageError; ``auto`` falls back."""
-    if choice == "cpu":
-        return None, "CPU"
-    cp, why = cupy_status()
-    if cp is None:
-        if choice == "gpu":
-            raise UsageError(f"--device gpu: no usable GPU: {why}")
-        return None, "CPU"
-    return cp, f"GPU ({_gpu_name(cp)})"
+    cp, _ = _cupy_for(choice)
+    return cp, "CPU" if cp is None else f"GPU ({_gpu_name(cp)})"
 
 
 def _gpu_name(cp: Any) -> str:
@@ -116,7 +115,7 @@ def _gpu_name(cp: Any) -> str:
 
 
 def _to_host(a: Any) -> np.ndarray:
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+    return get_backend(a=a).asnumpy(a)
 
 
 # ------------------------------------------------------------------- output
@@ -248,7 +247,7 @@ def _expand(args: argparse.Namespace, rep: _Reporter, skip: Sequence[str]) -> tu
 
 def _check_libraries(fmts: set[str]) -> None:
     for fmt in sorted(fmts):
-        if fmt in ("tiff", "png", "jpeg"):
+        if fmt in io._EXTRA:  # the formats that need an optional library
             try:
                 io._require(fmt, "reading or writing")
             except io.MissingDependencyError as exc:
@@ -265,7 +264,7 @@ def _load_psf(path: str, normalize: bool) -> np.ndarray:
     h = img.data.astype(np.float64)
     if img.colour:
         h = h.mean(axis=-1)
-    if not np.all(np.isfinite(h)):
+    if not all_finite(np, h):
         raise UsageError(f"--psf {path}: contains NaN or infinite values")
     if normalize:
         s = float(h.sum())
@@ -276,11 +275,14 @@ def _load_psf(path: str, normalize: bool) -> np.ndarray:
     return h
 
 
-def _working_dtype(args: argparse.Namespace, stored: np.dtype) -> np.dtype:
-    from ._validation import float_dtype
+def _channels_first(img: io.ImageFile) -> np.ndarray:
+    """The pixels, a colour axis moved first: each colour channel is one more image of the batch."""
+    return np.moveaxis(img.data, -1, 0) if img.colour else img.data
 
+
+def _working_dtype(args: argparse.Namespace, stored: np.dtype) -> np.dtype:
     # The library's rule: float32 (and float16) work in float32, everything else in float64.
-    return float_dtype("input", stored, None if args.dtype is None else np.dtype(args.dtype))
+    return float_dtype("input", stored, check_dtype_arg(args.dtype))
 
 
 def _output_dtype(choice: str, fmt: str, stored: np.dtype, result: np.dtype) -> np.dtype:
@@ -318,7 +320,8 @@ class _Transform:
     ndim: int
     out_spatial: Callable[[tuple[int, ...]], tuple[int, ...]]
     apply: Callable[[Any], tuple[Any, Any]]
-    psf: str = ""
+    psf: str
+    device: str  # where `apply` runs, for the summary line
 
 
 def _run_files(args: argparse.Namespace, prog: str, suffix: str, transform: _Transform) -> int:
@@ -366,21 +369,21 @@ def _run_files(args: argparse.Namespace, prog: str, suffix: str, transform: _Tra
     elapsed = time.perf_counter() - t_start
     n_failed = planned_failures + len(stats.failed)
     if not args.quiet:
-        print(_summary(prog, stats, n_failed, elapsed, args), flush=True)
+        print(_summary(prog, stats, n_failed, elapsed, transform.device), flush=True)
     return 1 if n_failed or stats.not_converged else 0
 
 
 def _read_job(args, job: _Job, transform: _Transform, rep: _Reporter, stats: _Stats) -> np.ndarray | None:
     try:
         img = io.load(job.src)
-        data = np.moveaxis(img.data, -1, 0) if img.colour else img.data
+        data = _channels_first(img)
         nd = transform.ndim
         if data.ndim < nd:
             raise io.ImageFileError(f"{job.src}: has {data.ndim} axes (shape {img.data.shape}) but the "
                                     f"PSF has {nd}")
         wdt = _working_dtype(args, img.dtype)
         data = data.astype(wdt, copy=False)
-        if not np.all(np.isfinite(data)):
+        if not all_finite(np, data):
             raise io.ImageFileError(f"{job.src}: contains NaN or infinite values")
         spatial = tuple(data.shape[data.ndim - nd:])
         job.batch_shape = tuple(data.shape[:data.ndim - nd])
@@ -445,7 +448,7 @@ def _flush(args, pending: list[_Job], transform: _Transform, rep: _Reporter, sta
         if info is None:
             continue
         stats.methods.add(info.method)
-        stats.preconditioned |= bool(getattr(info, "preconditioned", False))
+        stats.preconditioned |= bool(info.preconditioned)
         approximate |= info.method == "fft_approx"
         conv[start:stop] = np.ravel(info.converged)
         resid[start:stop] = np.ravel(info.residual)
@@ -472,19 +475,18 @@ def _flush(args, pending: list[_Job], transform: _Transform, rep: _Reporter, sta
         stats.iterations.extend(int(v) for v in it)
         if not c.all():
             stats.not_converged.append(str(j.src))
-            rtol = getattr(args, "rtol", None)
             rep.warning(f"{j.src}: did not converge ({int((~c).sum())} of {n} images; residual up to "
-                        f"{float(r.max()):.2e} > rtol {rtol:g} after {int(it.max())} iterations); "
+                        f"{float(r.max()):.2e} > rtol {args.rtol:g} after {int(it.max())} iterations); "
                         f"written anyway to {j.dst}")
         rep.advance()
         j.image = None
         j.flat = None
 
 
-def _summary(prog: str, s: _Stats, n_failed: int, elapsed: float, args: argparse.Namespace) -> str:
+def _summary(prog: str, s: _Stats, n_failed: int, elapsed: float, device: str) -> str:
     total = s.files + n_failed
     parts = [f"{prog}: {s.files} of {total} file{'s' if total != 1 else ''} written "
-             f"({s.images} image{'s' if s.images != 1 else ''}) in {elapsed:.2f} s on {args._device_label}"]
+             f"({s.images} image{'s' if s.images != 1 else ''}) in {elapsed:.2f} s on {device}"]
     if s.methods:
         m = "/".join(sorted(s.methods))
         if "cg" in s.methods:
@@ -499,23 +501,28 @@ def _summary(prog: str, s: _Stats, n_failed: int, elapsed: float, args: argparse
 
 
 # ----------------------------------------------------------------- commands
+def _psf_on_device(args: argparse.Namespace) -> tuple[np.ndarray, Any, Any, str]:
+    """The --psf (host), the array module of --device, the PSF in it, and the device's label."""
+    h = _load_psf(args.psf, not args.no_normalize_psf)
+    cp, label = _select_device(args.device)
+    xp = np if cp is None else cp
+    return h, xp, xp.asarray(h), label
+
+
 def _cmd_deconvolve(args: argparse.Namespace) -> int:
     from .solvers.deconvolve import _spatial_in, deconvolve
 
-    h = _load_psf(args.psf, not args.no_normalize_psf)
-    cp, args._device_label = _select_device(args.device)
-    hd = cp.asarray(h) if cp is not None else h
+    h, xp, hd, label = _psf_on_device(args)
     nd = h.ndim
     reg = None if args.reg == "identity" else args.reg
-    kshape = tuple(h.shape)
 
     def apply(stack):
-        y = cp.asarray(stack) if cp is not None else stack
-        return deconvolve(y, hd, lam=args.lam, reg=reg, mode=args.mode, boundary=args.boundary,
-                          convention=args.convention, method=args.method, rtol=args.rtol,
-                          maxiter=args.maxiter, return_info=True, ndim=nd)
+        return deconvolve(xp.asarray(stack), hd, lam=args.lam, reg=reg, mode=args.mode,
+                          boundary=args.boundary, convention=args.convention, method=args.method,
+                          rtol=args.rtol, maxiter=args.maxiter, return_info=True, ndim=nd)
 
-    t = _Transform("deconvolution", nd, lambda m: tuple(_spatial_in(args.mode, m, kshape)), apply, args.psf)
+    t = _Transform("deconvolution", nd, lambda m: tuple(_spatial_in(args.mode, m, h.shape)), apply,
+                   args.psf, label)
     return _run_files(args, f"{PROG} deconvolve", "_deconv", t)
 
 
@@ -523,22 +530,22 @@ def _cmd_convolve(args: argparse.Namespace) -> int:
     from .conv import convolve
     from .operators import output_shape
 
-    h = _load_psf(args.psf, not args.no_normalize_psf)
-    cp, args._device_label = _select_device(args.device)
-    hd = cp.asarray(h) if cp is not None else h
+    h, xp, hd, label = _psf_on_device(args)
     nd = h.ndim
     rng = np.random.default_rng(args.seed)
 
     def apply(stack):
-        x = cp.asarray(stack) if cp is not None else stack
-        y = convolve(x, hd, args.mode, boundary=args.boundary, convention=args.convention, ndim=nd)
+        y = convolve(xp.asarray(stack), hd, args.mode, boundary=args.boundary, convention=args.convention,
+                     ndim=nd)
         if args.noise > 0:
+            # Drawn on the host: the same seed gives the same noise on the CPU and the GPU.
             noise = rng.standard_normal(y.shape).astype(y.dtype) * args.noise
-            y = y + (cp.asarray(noise) if cp is not None else noise)
+            y = y + xp.asarray(noise)
         return y, None
 
     t = _Transform("convolution", nd,
-                   lambda m: tuple(output_shape(m, h.shape, args.mode, args.convention)), apply, args.psf)
+                   lambda m: tuple(output_shape(m, h.shape, args.mode, args.convention)), apply,
+                   args.psf, label)
     return _run_files(args, f"{PROG} convolve", "_conv", t)
 
 
@@ -574,8 +581,7 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
         return 1
     _check_libraries({fmt})
     cp, label = _select_device(args.device)
-    x = np.moveaxis(sharp.data, -1, 0) if sharp.colour else sharp.data
-    y = np.moveaxis(blurred.data, -1, 0) if blurred.colour else blurred.data
+    x, y = _channels_first(sharp), _channels_first(blurred)
     dtype = np.dtype(args.dtype) if args.dtype else np.float64
     x, y = x.astype(dtype), y.astype(dtype)
     if cp is not None:
@@ -613,7 +619,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     if args.device == "gpu":
-        _select_device("gpu")
+        _cupy_for("gpu")  # no GPU: a UsageError (exit 2) here rather than run_demo's RuntimeError
     res = run_demo(args.output, size=args.size, device=args.device, figure=not args.no_figure)
     return 0 if res["converged"] else 1
 
@@ -633,7 +639,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import scipy
 
     from . import __version__
-    from ._backend import get_workers
 
     pkg = Path(__file__).resolve().parent
     print(f"gpu_deconv {__version__} ({pkg})")
@@ -680,9 +685,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .conv import convolve
     from .data import gaussian_kernel, scene
 
-    cp, why = (None, "--device cpu") if args.device == "cpu" else cupy_status()
-    if cp is None and args.device == "gpu":
-        raise UsageError(f"--device gpu: no usable GPU: {why}")
+    cp, why = _cupy_for(args.device)
     n, b, dt = args.size, args.batch, np.dtype(args.dtype)
     rng = np.random.default_rng(0)
     x = np.stack([scene((n, n), seed=i) for i in range(b)]).astype(dt)
@@ -736,8 +739,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print("  ".join([head[0].ljust(w[0])] + [head[i].rjust(w[i]) for i in (1, 2, 3)]))
     for r in rows:
         print("  ".join([r[0].ljust(w[0])] + [r[i].rjust(w[i]) for i in (1, 2, 3)]))
-    from ._backend import get_workers
-
     gpu = f"GPU: {_gpu_name(cp)}" if cp is not None else f"GPU: n/a: {why}"
     print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores, {get_workers()} FFT threads; {gpu}; "
           f"{time.strftime('%Y-%m-%d')}")

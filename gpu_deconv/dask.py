@@ -71,6 +71,13 @@ def _as_dask(da, name: str, a: Any) -> dask.array.Array:
     raise TypeError(f"{name} must be a dask, NumPy or CuPy array; got {type(a).__name__}")
 
 
+def _meta(a, dtype):
+    """An empty array of `a`'s chunk type (NumPy or CuPy) and ndim, of `dtype`."""
+    from dask.array.utils import meta_from_array
+
+    return meta_from_array(a._meta, ndim=a.ndim, dtype=dtype)
+
+
 def _check_kernel(da, y, h: Any, ndim: int | None) -> int:
     if isinstance(h, da.Array):
         raise TypeError("h must be an in-memory NumPy or CuPy array, not a dask array: a kernel is "
@@ -217,8 +224,6 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
     y = _as_dask(da, "y", y)
     mode = kwargs.get("mode", "same")
     check_mode_boundary_convention(mode, kwargs.get("boundary", "zero"), kwargs.get("convention", "scipy"))
-    if "return_info" in kwargs:
-        raise TypeError("return_info is a keyword of its own here")
     nd = _check_kernel(da, y, h, ndim)
     _check_spatial_chunks("y", y, nd)
     nb = y.ndim - nd
@@ -243,20 +248,15 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
         if v is not None:
             args += [_image_arg(da, name, v, y, nb, n), bidx + zidx]
             names.append(name)
-    adjust = {c: (s,) for c, s in zip(sidx, n)}
     if not return_info:
-        from dask.array.utils import meta_from_array
-
         return da.blockwise(_deconvolve_block, bidx + sidx, *args, h=h, names=tuple(names), kwargs=kw,
-                            with_info=False, adjust_chunks=adjust, concatenate=True, dtype=wdt,
-                            meta=meta_from_array(y._meta, ndim=y.ndim, dtype=wdt))
+                            with_info=False, adjust_chunks={c: (s,) for c, s in zip(sidx, n)},
+                            concatenate=True, dtype=wdt, meta=_meta(y, wdt))
     both = da.blockwise(_deconvolve_block, bidx + sidx, *args, h=h, names=tuple(names), kwargs=kw,
                         with_info=True, adjust_chunks={c: 1 for c in bidx + sidx}, concatenate=True,
                         dtype=object, meta=np.empty((0,) * y.ndim, dtype=object))
-    from dask.array.utils import meta_from_array
-
     x = both.map_blocks(_pick, 0, chunks=y.chunks[:nb] + tuple((s,) for s in n), dtype=wdt,
-                        meta=meta_from_array(y._meta, ndim=y.ndim, dtype=wdt))
+                        meta=_meta(y, wdt))
     info = both.map_blocks(_pick, 1, drop_axis=list(range(nb, y.ndim)), chunks=y.chunks[:nb],
                            dtype=INFO_DTYPE, meta=np.empty((0,) * nb, dtype=INFO_DTYPE))
     return x, info
@@ -282,13 +282,10 @@ def _map_conv(x, h, mode, boundary, convention, ndim, dtype, correlate):
     out = ConvolutionOperator(np.zeros(h.shape), x.shape[nb:], mode, boundary=boundary,
                               convention=convention).spatial_out_shape
     wdt = float_dtype("x", x.dtype, check_dtype_arg(dtype))
-    from dask.array.utils import meta_from_array
-
     return x.map_blocks(_convolve_block, h=h, correlate=correlate,
                         kwargs=dict(mode=mode, boundary=boundary, convention=convention, ndim=nd,
                                     dtype=dtype),
-                        chunks=x.chunks[:nb] + tuple((s,) for s in out), dtype=wdt,
-                        meta=meta_from_array(x._meta, ndim=x.ndim, dtype=wdt))
+                        chunks=x.chunks[:nb] + tuple((s,) for s in out), dtype=wdt, meta=_meta(x, wdt))
 
 
 def convolve(x: Any, h: Any, mode: str = "full", *, boundary: str = "zero", convention: str = "scipy",

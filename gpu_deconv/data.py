@@ -47,7 +47,7 @@ def scene(shape=(256, 256), seed=0, dtype=np.float64):
     --------
     >>> from gpu_deconv.data import scene
     >>> s = scene((64, 64))
-    >>> s.shape, 0.0 <= s.min() and s.max() <= 1.0
+    >>> s.shape, bool(0.0 <= s.min() and s.max() <= 1.0)
     ((64, 64), True)
     """
     shape = tuple(int(s) for s in shape)

@@ -9,7 +9,8 @@ import zlib
 
 import numpy as np
 
-from . import data
+from . import data, io
+from ._backend import get_backend
 from .conv import convolve
 from .solvers.deconvolve import deconvolve
 
@@ -33,10 +34,7 @@ def write_png(path, img, lo=None, hi=None):
     png = (b"\x89PNG\r\n\x1a\n"
            + chunk(b"IHDR", struct.pack(">IIBBBBB", u8.shape[1], u8.shape[0], 8, 0, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(png)
-    os.replace(tmp, path)
+    io.atomic_write(path, lambda fh: fh.write(png), force=True)
 
 
 def _rel(a, b):
@@ -76,15 +74,16 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
          f"'valid' model (y is {y.shape[0]}x{y.shape[1]}), noise sigma {noise}")
     echo(f"  device: {'GPU (CuPy)' if xp is not np else 'CPU (NumPy/SciPy)'}")
     yd, hd = xp.asarray(y), xp.asarray(h)
-    kw = dict(mode="valid", lam=lam, reg="laplacian", return_info=True)
+    model = dict(mode="valid", lam=lam, reg="laplacian")
     t0 = time.perf_counter()
-    x, info = deconvolve(yd, hd, **kw)
+    x, info = deconvolve(yd, hd, return_info=True, **model)
     t_exact = time.perf_counter() - t0
-    _, info_cg = deconvolve(yd, hd, precondition=False, **kw)
+    _, info_cg = deconvolve(yd, hd, precondition=False, return_info=True, **model)
     t0 = time.perf_counter()
-    x_fd = deconvolve(yd, hd, mode="valid", lam=lam, reg="laplacian", method="fft_approx")
+    x_fd = deconvolve(yd, hd, method="fft_approx", **model)
     t_fd = time.perf_counter() - t0
-    x, x_fd = _host(x), _host(x_fd)
+    bk = get_backend(y=yd)
+    x, x_fd = bk.asnumpy(x), bk.asnumpy(x_fd)
     c = slice(7, size - 7)
     res = {
         "err_blurred": _rel(y, x_true[c, c]),
@@ -119,10 +118,6 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
     res["paths"] = paths
     echo(f"  wrote {len(paths)} files to {os.path.abspath(out_dir)}")
     return res
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 def _figure(out_dir, x_true, y_pad, x_fd, x, info, info_cg, res):

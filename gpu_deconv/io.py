@@ -221,9 +221,7 @@ def load(path: str | os.PathLike[str], *, gray: bool = False) -> ImageFile:
             data, colour = _read_tiff(p)
         else:
             data, colour = _read_pil(p, fmt, gray)
-    except (ImageFileError, MissingDependencyError):
-        raise
-    except MemoryError:
+    except (ImageFileError, MissingDependencyError, MemoryError):
         raise
     except Exception as exc:  # every library has its own error types for a corrupt file
         raise ImageFileError(f"{p}: cannot read as {fmt.upper()} ({_one_line(exc)})") from exc
@@ -269,6 +267,10 @@ def _umask() -> int:
     return mask
 
 
+def _exists(dst: Path) -> OutputExistsError:
+    return OutputExistsError(f"{dst} exists (use --force / force=True to overwrite)")
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *,
                  force: bool = False) -> Path:
     """Write a file atomically: `write` fills a temporary file next to `path`, which is renamed into place.
@@ -295,7 +297,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     """
     dst = Path(path)
     if not force and dst.exists():
-        raise OutputExistsError(f"{dst} exists (use --force / force=True to overwrite)")
+        raise _exists(dst)
     parent = dst.parent if str(dst.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
     os.close(fd)  # reopened by name: some writers (tifffile) want a named file handle
@@ -312,12 +314,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
                 # A hard link fails if dst appeared meanwhile: no clobbering, even in a race.
                 os.link(tmp, dst)
             except FileExistsError:
-                raise OutputExistsError(f"{dst} exists (use --force / force=True to overwrite)") from None
+                raise _exists(dst) from None
             except OSError:
                 # No hard links on this file system (some network/FAT mounts): best effort.
                 if dst.exists():
-                    raise OutputExistsError(
-                        f"{dst} exists (use --force / force=True to overwrite)") from None
+                    raise _exists(dst) from None
                 os.replace(tmp, dst)
     finally:
         with contextlib.suppress(FileNotFoundError):
