@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import gpu_deconv as gd
+from gpu_deconv._backend import cupy_status  # noqa: F401  (re-exported: the package's own check)
 from gpu_deconv.data import gaussian_kernel, scene
 
 QUICK_ENV = "GPU_DECONV_BENCH_QUICK"
@@ -107,21 +108,6 @@ def sizes(quick: bool) -> Sizes:
 
 
 # ----------------------------------------------------------------- backends
-def cupy_status():
-    """(cupy module or None, reason it cannot be used)."""
-    try:
-        import cupy
-    except Exception as exc:  # ImportError, or a broken CUDA install
-        return None, f"cupy is not importable ({type(exc).__name__}: {exc})"
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return None, f"cupy is installed but no CUDA device is usable ({exc})"
-    if n < 1:
-        return None, "cupy is installed but no CUDA device is present"
-    return cupy, ""
-
-
 def synchronizer(xp):
     """A no-argument callable that waits for the GPU (a no-op for NumPy)."""
     if xp is np:
@@ -133,12 +119,40 @@ def synchronizer(xp):
     return sync
 
 
+def synced(f, sync):
+    """``f`` followed by ``sync()`` (the GPU's work finishes inside the timed call); returns f's result."""
+
+    def g():
+        out = f()
+        sync()
+        return out
+
+    return g
+
+
+def fft_module(xp):
+    """scipy.fft for NumPy, cupyx.scipy.fft for CuPy."""
+    if xp is np:
+        import scipy.fft as fft
+    else:
+        import cupyx.scipy.fft as fft
+    return fft
+
+
+def fft_kw(xp):
+    """The FFT keywords of our CPU path (``workers``), none on the GPU."""
+    return {"workers": gd.get_workers()} if xp is np else {}
+
+
 def to_numpy(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 # ----------------------------------------------------------------- problems
 SIGMA = 2.5
+
+#: The 5-point Laplacian, spelled out for the floors and the peers (ours: ``reg="laplacian"``).
+LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def kernel(k, dtype=np.float64, ndim=2, sigma=SIGMA):
@@ -164,8 +178,51 @@ def rel_err(a, ref):
     return float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
 
 
+# ----------------------------------------------------------------- FFT floors
+def pcg_pairs_floor(xp, h, n, preconditioned):
+    """The FFT pairs one PCG iteration of the valid solve must do, multipliers precomputed.
+
+    Two pairs on the operator's data grid (normal operator, the regularizer folded
+    into the spectrum) plus, when preconditioned, one on the preconditioner's padded
+    grid. `h` is the kernel in `xp`, `n` the unknown's edge. Returns
+    ``(pairs, G, Gp)``: the untimed-set-up callable and the two grids.
+    """
+    fft, kw = fft_module(xp), fft_kw(xp)
+    k = h.shape[-1]
+    A = gd.ConvolutionOperator(h, (n, n), "valid")
+    G = A.grid_shape
+    H = A.spectrum()
+    Hc = xp.conj(H)
+    R = xp.abs(H)  # stands for lam * |G_laplacian|^2 on the same grid
+    gp = int(fft.next_fast_len(n + 2 * (k - 1), real=True)) if xp is np else \
+        int(fft.next_fast_len(n + 2 * (k - 1)))
+    Gp = (gp, gp)
+    Dinv = xp.abs(fft.rfftn(xp.ones((n, n), dtype=h.dtype), s=Gp, **kw)) + 1
+    v = xp.asarray(random_images((n, n), h.dtype))
+    lo = k - 1
+
+    def pairs():
+        X = fft.rfftn(v, s=G, **kw)
+        u = fft.irfftn(X * H, s=G, **kw)
+        w = xp.zeros_like(u)
+        w[lo:n, lo:n] = u[lo:n, lo:n]
+        out = fft.irfftn(fft.rfftn(w, s=G, **kw) * Hc + X * R, s=G, **kw)
+        if preconditioned:
+            out = fft.irfftn(fft.rfftn(out[:n, :n], s=Gp, **kw) * Dinv, s=Gp, **kw)
+        return out
+
+    return pairs, G, Gp
+
+
+def closed_form_filter(xp, h, n, lam):
+    """The circular Tikhonov filter ``conj(H) / (|H|^2 + lam |L|^2)`` on the n x n grid (Laplacian L)."""
+    H = gd.ConvolutionOperator(h, (n, n), "circular").spectrum()
+    S = gd.ConvolutionOperator(xp.asarray(LAPLACIAN.astype(h.dtype)), (n, n), "circular").spectrum()
+    return xp.conj(H) / (xp.abs(H) ** 2 + lam * xp.abs(S) ** 2)
+
+
 # ----------------------------------------------------------------- timing
-def best_of(fns, repeat=3, warmup=1, setup=None):
+def best_of(fns, repeat=3, warmup=1):
     """Interleaved best-of-`repeat` wall time (s) of several callables.
 
     ``fns`` maps a name to a callable (or to ``(callable, setup)``, the setup
@@ -174,12 +231,7 @@ def best_of(fns, repeat=3, warmup=1, setup=None):
     callables, so that a load change on a shared machine hits them alike.
     Returns ``{name: best seconds}``.
     """
-    items = {}
-    for name, f in fns.items():
-        if isinstance(f, tuple):
-            items[name] = f
-        else:
-            items[name] = (f, setup)
+    items = {name: f if isinstance(f, tuple) else (f, None) for name, f in fns.items()}
     for f, s in items.values():
         for _ in range(warmup):
             if s is not None:
@@ -217,6 +269,11 @@ def _git_commit():
     return head + ("+dirty" if dirty else "")
 
 
+def load_average():
+    """The 1, 5 and 15 minute load averages, or None where the OS has none."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def machine_info(workers):
     """Date, CPU model, core count, Python and library versions (for RESULTS.md and the JSON)."""
     cpu = platform.processor() or platform.machine()
@@ -241,6 +298,6 @@ def machine_info(workers):
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "workers": workers,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "versions": versions,
     }

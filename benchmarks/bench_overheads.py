@@ -19,26 +19,23 @@ prints them as a table.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from _bench_common import best_of, blurred, kernel, random_images, synchronizer
+from _bench_common import (
+    best_of,
+    blurred,
+    closed_form_filter,
+    fft_kw,
+    fft_module,
+    kernel,
+    pcg_pairs_floor,
+    random_images,
+    synced,
+)
 
 import gpu_deconv as gd
 from gpu_deconv import ConvolutionOperator
 
 DTYPES = ("float32", "float64")
-
-
-def fft_module(xp):
-    if xp is np:
-        import scipy.fft as fft
-    else:
-        import cupyx.scipy.fft as fft
-    return fft
-
-
-def fft_kw(xp):
-    return {"workers": gd.get_workers()} if xp is np else {}
 
 
 # ------------------------------------------------------------ (a) convolve vs floor
@@ -77,55 +74,20 @@ def test_convolve_vs_floor(benchmark, run, xp, to_xp, sz, dtype, mode, variant):
 PRECONDITIONERS = {"band": "band", "circulant": "circulant", "plain": False}
 
 
-def _pairs_floor(xp, fft, kw, n, k, dtype, preconditioned):
-    """Callable doing the FFT pairs one iteration must do (multipliers precomputed)."""
-    A = ConvolutionOperator(xp.asarray(kernel(k, dtype)), (n, n), "valid")
-    G = A.grid_shape
-    H = A.spectrum()
-    Hc = xp.conj(H)
-    R = xp.abs(H)  # stands for lam * sum_i w_i |G_i|^2 on the same grid
-    Gp = tuple(int(fft.next_fast_len(n + 2 * (k - 1), real=True)) if xp is np
-               else int(fft.next_fast_len(n + 2 * (k - 1))) for _ in range(2))
-    Dinv = xp.abs(fft.rfftn(xp.zeros((n, n), dtype=dtype), s=Gp, **kw)) + 1
-    v = xp.asarray(random_images((n, n), dtype))
-    lo = k - 1
-
-    def pairs():
-        X = fft.rfftn(v, s=G, **kw)
-        u = fft.irfftn(X * H, s=G, **kw)
-        w = xp.zeros_like(u)
-        w[lo:n, lo:n] = u[lo:n, lo:n]
-        out = fft.irfftn(fft.rfftn(w, s=G, **kw) * Hc + X * R, s=G, **kw)
-        if preconditioned:
-            out = fft.irfftn(fft.rfftn(out[:n, :n], s=Gp, **kw) * Dinv, s=Gp, **kw)
-        return out
-
-    return pairs, G, Gp
-
-
 @pytest.mark.parametrize("pc", list(PRECONDITIONERS))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pcg_iteration(benchmark, run, xp, to_xp, sz, dtype, pc):
+def test_pcg_iteration(benchmark, run, xp, to_xp, sync, sz, dtype, pc):
     n, k, N = sz.valid_n, sz.valid_k, sz.pcg_iters
     _, h, y = blurred((n, n), k, "valid", dtype)
     y, h = to_xp(y), to_xp(h)
     kw = dict(mode="valid", lam=1e-3, reg="laplacian", precondition=PRECONDITIONERS[pc], rtol=1e-30)
-    sync = synchronizer(xp)
 
     def solve(iters):
-        def f():
-            out = gd.deconvolve(y, h, maxiter=iters, return_info=True, **kw)
-            sync()
-            return out
-        return f
+        return lambda: gd.deconvolve(y, h, maxiter=iters, return_info=True, **kw)
 
-    pairs, G, Gp = _pairs_floor(xp, fft_module(xp), fft_kw(xp), n, k, dtype, bool(PRECONDITIONERS[pc]))
-
-    def pairs_sync():
-        pairs()
-        sync()
-
-    t = best_of({"one": solve(1), "floor": pairs_sync}, repeat=3)
+    pairs, G, Gp = pcg_pairs_floor(xp, h, n, bool(PRECONDITIONERS[pc]))
+    # run() synchronizes its timed call itself; best_of needs the sync spelled out.
+    t = best_of({"one": synced(solve(1), sync), "floor": synced(pairs, sync)}, repeat=3)
     benchmark.group = f"(b) PCG iteration {n}^2 {dtype}"
     _, info = run(solve(N), budget=2.0)
     assert int(info.iterations) == N
@@ -151,9 +113,5 @@ def test_closed_form_vs_floor(benchmark, run, xp, to_xp, sz, dtype, variant):
         run(lambda: gd.deconvolve(y, h, **kw))
     else:
         fft, fkw = fft_module(xp), fft_kw(xp)
-        A = ConvolutionOperator(h, (n, n), "circular")
-        L = ConvolutionOperator(xp.asarray(np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=dtype)),
-                                (n, n), "circular")
-        H, S = A.spectrum(), L.spectrum()
-        W = xp.conj(H) / (xp.abs(H) ** 2 + 1e-2 * xp.abs(S) ** 2)
+        W = closed_form_filter(xp, h, n, kw["lam"])
         run(lambda: fft.irfftn(W * fft.rfftn(y, s=(n, n), **fkw), s=(n, n), **fkw))

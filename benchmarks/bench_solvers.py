@@ -13,6 +13,7 @@ import pytest
 from _bench_common import blurred, kernel, random_images, to_numpy
 
 import gpu_deconv as gd
+from gpu_deconv.data import scene
 
 DTYPES = ("float32", "float64")
 
@@ -27,7 +28,7 @@ def test_closed_form(benchmark, run, to_xp, sz, dtype, method, cached):
         _, h, y = blurred((n, n), 15, "circular", dtype)
         kw = dict(mode="circular", lam=1e-2, reg="laplacian")
     else:
-        x = blurred((n, n), 15, "circular", dtype)[0]
+        x = scene((n, n)).astype(dtype)
         h = kernel(15, dtype)
         y = gd.convolve(x, h, "same", boundary="symmetric")
         kw = dict(mode="same", boundary="symmetric", lam=1e-2, reg="laplacian")
@@ -105,16 +106,9 @@ QUICK_GEOMETRIES = {
 }
 
 
-def _geometry(sz, label):
-    table = QUICK_GEOMETRIES if sz.closed_n < 1024 else GEOMETRIES
-    return table[label]
-
-
 def _problem(batch, shape, k, mode, dtype):
-    from gpu_deconv.data import gaussian_kernel, scene
-
     x = scene(shape)
-    h = gaussian_kernel(k, k / 6.0, ndim=len(shape))
+    h = kernel(k, ndim=len(shape), sigma=k / 6.0)
     y = gd.convolve(x, h, mode, boundary="symmetric" if mode == "same" else "zero")
     y = y + 0.01 * np.random.default_rng(0).standard_normal(y.shape)
     if batch:
@@ -126,14 +120,16 @@ def _problem(batch, shape, k, mode, dtype):
 @pytest.mark.parametrize("solver", ["fft", "dct", "pcg-band", "pcg-circulant", "cg-plain"])
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_solver_geometry(benchmark, run, to_xp, sz, dtype, geometry, solver):
+def test_solver_geometry(benchmark, run, to_xp, quick, dtype, geometry, solver):
     """Closed forms and (P)CG at 512^2, 2048^2, a batch of 16 x 512^2 and a 128^3 volume.
 
     The (P)CG rows solve the valid-mode problem (lam 1e-3, Laplacian) to rtol 1e-6 and
     report iterations; plain CG runs only where a round takes seconds (512^2 and the batch).
     """
-    batch, shape, k = _geometry(sz, geometry)
-    big = np.prod(shape) >= 2048**2 or len(shape) == 3
+    batch, shape, k = (QUICK_GEOMETRIES if quick else GEOMETRIES)[geometry]
+    if solver == "cg-plain" and (np.prod(shape) >= 2048**2 or len(shape) == 3):
+        # About 250 iterations of a 2048^2 / 128^3 operator: minutes per round.
+        pytest.skip("plain CG is timed at 512^2 and on the batch only (minutes per round here)")
     mode = {"fft": "circular", "dct": "same"}.get(solver, "valid")
     h, y = _problem(batch, shape, k, mode, dtype)
     y, h = to_xp(y), to_xp(h)
@@ -144,9 +140,6 @@ def test_solver_geometry(benchmark, run, to_xp, sz, dtype, geometry, solver):
         kw["precondition"] = {"pcg-band": "band", "pcg-circulant": "circulant", "cg-plain": False}[solver]
     benchmark.group = f"solver {geometry} {dtype}"
     benchmark.extra_info.update(geometry=geometry, dtype=dtype, solver=solver, kernel=k)
-    if solver == "cg-plain" and big:
-        # About 250 iterations of a 2048^2 / 128^3 operator: minutes per round.
-        pytest.skip("plain CG is timed at 512^2 and on the batch only (minutes per round here)")
     _, info = run(lambda: gd.deconvolve(y, h, return_info=True, **kw), budget=2.0)
     benchmark.extra_info.update(method=info.method, iterations=int(np.max(info.iterations)),
                                 converged=bool(np.all(info.converged)))

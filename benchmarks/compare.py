@@ -50,15 +50,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench_common import (  # noqa: E402
     DEFAULT_WORKERS,
+    LAPLACIAN,
     best_of,
     blurred,
+    closed_form_filter,
     cupy_status,
+    fft_kw,
     kernel,
+    load_average,
     machine_info,
+    pcg_pairs_floor,
     quick_from_env,
     random_images,
     rel_err,
     sizes,
+    synced,
     synchronizer,
 )
 
@@ -69,8 +75,6 @@ SECTIONS = ("closed", "valid", "conv", "micro", "gpu")
 
 #: Findings printed under the table (conventions, checks).
 NOTES: list = []
-
-LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 # ------------------------------------------------------------------ rows
@@ -217,7 +221,7 @@ def _otf(k, shape):
 
 # ------------------------------------------------------------------ valid mode
 def _prototype(h, n, lam, dtype):
-    """Normal operator of the valid-mode problem in bare scipy.fft (2 FFT pairs + a stencil)."""
+    """Adjoint and normal operator of the valid-mode problem in bare scipy.fft (2 FFT pairs + a stencil)."""
     k = h.shape[0]
     Hs = scipy.fft.rfft2(h.astype(dtype), s=(n, n))  # tap i at index i: exact on the n grid
     Hc = np.conj(Hs)
@@ -243,7 +247,7 @@ def _prototype(h, n, lam, dtype):
         x = v.reshape(n, n)
         return (adjoint(forward(x)) + dtype(lam) * lap(lap(x))).ravel()
 
-    return forward, adjoint, normal
+    return adjoint, normal
 
 
 def _pylops_ops(h, n, lam, dtype):
@@ -331,7 +335,7 @@ def _valid_one(prob, sz, n, k, lam, dtype, have_pylops, repeat):
     ref, rinfo = gd.deconvolve(y.astype(np.float64), h.astype(np.float64), rtol=1e-12, maxiter=5000,
                                return_info=True, **kw)
     # Independent check of the reference: residual of the normal equations of the bare prototype.
-    fwd64, adj64, nrm64 = _prototype(h.astype(np.float64), n, lam, np.float64)
+    adj64, nrm64 = _prototype(h.astype(np.float64), n, lam, np.float64)
     b64 = adj64(y.astype(np.float64)).ravel()
     ref_res = float(np.linalg.norm(b64 - nrm64(ref.ravel())) / np.linalg.norm(b64))
 
@@ -346,11 +350,12 @@ def _valid_one(prob, sz, n, k, lam, dtype, have_pylops, repeat):
 
     # Plain CG on the normal equations: bare scipy.fft prototype, iterations to reach our error.
     log(f"valid {dtype}: plain CG search")
-    _, adj, nrm = _prototype(h, n, lam, dt)
+    adj, nrm = _prototype(h, n, lam, dt)
     Aop = sla.LinearOperator((n * n, n * n), matvec=nrm, dtype=dt)
     b = adj(y).ravel().astype(dt)
 
     def cg_iterates(cap):
+        """(iterations, error) of plain CG, stopped once at our error or at `cap`."""
         errs = []
 
         def cb(xk):
@@ -362,10 +367,9 @@ def _valid_one(prob, sz, n, k, lam, dtype, have_pylops, repeat):
             sla.cg(Aop, b, rtol=0.0, maxiter=cap, callback=cb)
         except _Reached:
             pass
-        return [(i + 1, e) for i, e in enumerate(errs)]
+        return len(errs), errs[-1]
 
-    hist = cg_iterates(sz.max_peer_iters)
-    it_cg, err_cg = hist[-1]
+    it_cg, err_cg = cg_iterates(sz.max_peer_iters)
     reached_cg = err_cg <= err_ours
 
     # PyLops: iterations of cgls to reach our error (untimed pass, error every iteration).
@@ -469,35 +473,7 @@ def _conv_one(prob, x, h, hk, mode, dtype, repeat):
 
 
 # ------------------------------------------------------------------ micro-benchmarks
-def _pairs_floor(xp, fft, kw, h, n, preconditioned):
-    """The FFT pairs one PCG iteration of the valid solve must do (multipliers precomputed)."""
-    k = h.shape[-1]
-    A = ConvolutionOperator(h, (n, n), "valid")
-    G = A.grid_shape
-    H = A.spectrum()
-    Hc = xp.conj(H)
-    R = xp.abs(H)  # stands for lam * |G_laplacian|^2 on the same grid
-    gp = int(fft.next_fast_len(n + 2 * (k - 1), real=True)) if xp is np else \
-        int(fft.next_fast_len(n + 2 * (k - 1)))
-    Gp = (gp, gp)
-    Dinv = xp.abs(fft.rfftn(xp.ones((n, n), dtype=h.dtype), s=Gp, **kw)) + 1
-    v = xp.asarray(random_images((n, n), h.dtype))
-    lo = k - 1
-
-    def pairs():
-        X = fft.rfftn(v, s=G, **kw)
-        u = fft.irfftn(X * H, s=G, **kw)
-        w = xp.zeros_like(u)
-        w[lo:n, lo:n] = u[lo:n, lo:n]
-        out = fft.irfftn(fft.rfftn(w, s=G, **kw) * Hc + X * R, s=G, **kw)
-        if preconditioned:
-            out = fft.irfftn(fft.rfftn(out[:n, :n], s=Gp, **kw) * Dinv, s=Gp, **kw)
-        return out
-
-    return pairs, G, Gp
-
-
-def pcg_iteration_rows(xp, fft, kw, sz, repeat, label):
+def pcg_iteration_rows(xp, sz, repeat, label):
     """Per-iteration time (t_N - t_1)/(N-1) of the valid solve against the FFT pairs it must do."""
     rows = []
     sync = synchronizer(xp)
@@ -510,19 +486,11 @@ def pcg_iteration_rows(xp, fft, kw, sz, repeat, label):
             pkw = dict(mode="valid", lam=1e-3, reg="laplacian", precondition=pc, rtol=1e-30)
 
             def solve(iters, pkw=pkw, h=h, y=y):
-                def f():
-                    # return_info: runs capped on purpose; info instead of a ConvergenceWarning
-                    gd.deconvolve(y, h, maxiter=iters, return_info=True, **pkw)
-                    sync()
-                return f
+                # return_info: runs capped on purpose; info instead of a ConvergenceWarning
+                return synced(lambda: gd.deconvolve(y, h, maxiter=iters, return_info=True, **pkw), sync)
 
-            pairs, G, Gp = _pairs_floor(xp, fft, kw, h, n, bool(pc))
-
-            def floor(pairs=pairs):
-                pairs()
-                sync()
-
-            t = best_of({"one": solve(1), "many": solve(N), "floor": floor}, repeat=repeat)
+            pairs, G, Gp = pcg_pairs_floor(xp, h, n, bool(pc))
+            t = best_of({"one": solve(1), "many": solve(N), "floor": synced(pairs, sync)}, repeat=repeat)
             per_it = (t["many"] - t["one"]) / (N - 1)
             npairs = f"2 pairs on {tuple(G)}" + (f" + 1 on {tuple(Gp)}" if pc else "")
             gpu = xp is not np
@@ -537,7 +505,7 @@ def pcg_iteration_rows(xp, fft, kw, sz, repeat, label):
 def section_micro(sz, repeat):
     rows = []
     n = sz.micro_n
-    kw = {"workers": gd.get_workers()}
+    kw = fft_kw(np)
     modes = {"full": ("full", "zero"), "same": ("same", "zero"), "valid": ("valid", "zero"),
              "circular": ("circular", "zero"), "same/symmetric": ("same", "symmetric")}
     for dtype in ("float32", "float64"):
@@ -545,7 +513,7 @@ def section_micro(sz, repeat):
         h = kernel(15, dtype)
         for name, (m, bnd) in modes.items():
             rows += _micro_conv_one(x, h, n, name, m, bnd, dtype, kw, repeat)
-    rows += pcg_iteration_rows(np, scipy.fft, kw, sz, repeat, "micro")
+    rows += pcg_iteration_rows(np, sz, repeat, "micro")
     return rows
 
 
@@ -579,10 +547,7 @@ def section_gpu(sz, repeat):
     rows = []
 
     def timed(f):
-        def g():
-            f()
-            sync()
-        return g
+        return synced(f, sync)
 
     # >= 50x the CPU path (float32): closed form, valid solve, convolve.
     n = sz.closed_n
@@ -613,17 +578,14 @@ def section_gpu(sz, repeat):
     # Closed form <= 1.5x the cuFFT floor on the same batch (cached filter).
     B = 16 if n >= 512 else 4
     yb = cp.asarray(np.stack([y] * B))
-    A = ConvolutionOperator(hg, (n, n), "circular")
-    L = ConvolutionOperator(cp.asarray(LAPLACIAN.astype("float32")), (n, n), "circular")
-    Hs, Ls = A.spectrum(), L.spectrum()
-    W = cp.conj(Hs) / (cp.abs(Hs) ** 2 + 1e-2 * cp.abs(Ls) ** 2)
+    W = closed_form_filter(cp, hg, n, kwc["lam"])
     t = best_of({"ours": timed(lambda: gd.deconvolve(yb, hg, **kwc)),
                  "floor": timed(lambda: cfft.irfftn(W * cfft.rfftn(yb, s=(n, n), axes=(-2, -1)), s=(n, n),
                                                     axes=(-2, -1)))}, repeat=repeat)
     rows.append(row(f"gpu: circular Tikhonov {B}x{n}^2, cached", "float32", "cuFFT floor (rfftn+irfftn)",
                     t["floor"], "deconvolve, cached", t["ours"], target="ours <= 1.5x floor",
                     target_ratio=1 / 1.5))
-    rows += pcg_iteration_rows(cp, cfft, {}, sz, repeat, "gpu")
+    rows += pcg_iteration_rows(cp, sz, repeat, "gpu")
     return rows
 
 
@@ -651,7 +613,7 @@ def main(argv=None):
             if name in chosen:
                 rows += funcs[name](sz, args.repeat)
     meta["elapsed_s"] = time.perf_counter() - t0
-    meta["load_average_end"] = machine_info(args.workers)["load_average"]
+    meta["load_average_end"] = load_average()
     print(f"# gpu_deconv vs peers ({meta['date']}, {meta['cpu']}, {meta['cores']} cores, "
           f"workers={args.workers}, best of {args.repeat}{', QUICK sizes' if quick else ''}; "
           f"commit {meta['commit']})")

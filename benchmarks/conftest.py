@@ -35,7 +35,15 @@ import time
 import numpy as np
 import pytest
 import scipy.fft
-from _bench_common import DEFAULT_WORKERS, cupy_status, quick_from_env, rounds_for, sizes, synchronizer
+from _bench_common import (
+    DEFAULT_WORKERS,
+    cupy_status,
+    quick_from_env,
+    rounds_for,
+    sizes,
+    synced,
+    synchronizer,
+)
 
 import gpu_deconv as gd
 
@@ -138,11 +146,7 @@ def run(benchmark, sync, quick):
     """
 
     def _run(fn, *, setup=None, budget=None):
-        def call():
-            out = fn()
-            sync()
-            return out
-
+        call = synced(fn, sync)
         if setup is not None:
             setup()
         t0 = time.perf_counter()
@@ -153,8 +157,6 @@ def run(benchmark, sync, quick):
         else:
             rounds = rounds_for(t, 1.0 if budget is None else budget)
         benchmark.extra_info["warmup_s"] = t
-        if setup is not None:
-            return benchmark.pedantic(call, setup=setup, rounds=rounds, iterations=1)
-        return benchmark.pedantic(call, rounds=rounds, iterations=1)
+        return benchmark.pedantic(call, setup=setup, rounds=rounds, iterations=1)
 
     return _run
