@@ -10,8 +10,9 @@ from .conv import convolve, correlate
 from .grad import grad_h, grad_x
 from .operators import ConvolutionOperator
 from .solvers.cg import ConvergenceWarning, SolveInfo, cg
-from .solvers.deconvolve import deconvolve
+from .solvers.deconvolve import choose_lam, deconvolve, estimate_noise
 from .solvers.kernel import estimate_kernel
+from .solvers.lam import LamCurve
 from .solvers.multichannel import solve_multichannel
 
 __version__ = "0.1.0"
@@ -19,8 +20,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvergenceWarning",
     "ConvolutionOperator",
+    "LamCurve",
     "SolveInfo",
     "cg",
+    "choose_lam",
+    "estimate_noise",
     "deconvolve",
     "estimate_kernel",
     "cache_info",

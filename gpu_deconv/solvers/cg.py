@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,11 @@ class SolveInfo:
         Whether CG used the circulant preconditioner.
     history : list of ndarray, optional
         Relative (recursive) residual per iteration and image, if asked for.
+    lam : ndarray, optional
+        The ``lam`` used per image (:func:`~gpu_deconv.deconvolve` fills it,
+        whether given or chosen).
+    lam_curve : LamCurve, optional
+        With a chosen ``lam``: every ``lam`` tried and the criterion there.
     """
 
     method: str
@@ -70,6 +76,8 @@ class SolveInfo:
     rtol: float | None = None
     preconditioned: bool = False
     history: list = field(default_factory=list, repr=False)
+    lam: np.ndarray | None = None
+    lam_curve: Any = field(default=None, repr=False)
 
     def __getitem__(self, key):
         return getattr(self, key)
