@@ -10,7 +10,7 @@ from .conv import convolve, correlate
 from .grad import grad_h, grad_x
 from .operators import ConvolutionOperator
 from .solvers.cg import ConvergenceWarning, SolveInfo, cg
-from .solvers.deconvolve import choose_lam, deconvolve, estimate_noise
+from .solvers.deconvolve import LamSelectionWarning, choose_lam, deconvolve, estimate_noise
 from .solvers.kernel import estimate_kernel
 from .solvers.lam import LamCurve
 from .solvers.multichannel import solve_multichannel
@@ -21,6 +21,7 @@ __all__ = [
     "ConvergenceWarning",
     "ConvolutionOperator",
     "LamCurve",
+    "LamSelectionWarning",
     "SolveInfo",
     "cg",
     "choose_lam",

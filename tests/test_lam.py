@@ -266,3 +266,25 @@ def test_result_is_on_input_module(rng, xp):
     x, info = gd.deconvolve(y, xp.asarray(np.ones((3, 3)) / 9), lam="gcv", mode="circular",
                             return_info=True)
     assert type(x) is type(y) and to_numpy(x).shape == (16, 16) and info.lam.shape == ()
+
+
+def test_estimate_noise_poisson_is_rms(rng):
+    """Poisson noise: the estimate is the root mean square noise, not the median level."""
+    yc = gd.convolve(scene((256, 256)), gaussian_kernel(9, 2.0), "same", boundary="symmetric")
+    y = rng.poisson(1000 * yc) / 1000
+    assert float(gd.estimate_noise(y)) == pytest.approx(np.std(y - yc), rel=0.05)
+
+
+@pytest.mark.parametrize("mode, boundary", [("circular", "zero"), ("same", "zero")])
+def test_discrepancy_unattainable_sigma_falls_back_to_gcv(rng, mode, boundary):
+    """A sigma below what any lam can fit would pick the smallest lam: warn and use GCV there."""
+    n = (40, 40)
+    h = gaussian_kernel(9, 2.0)
+    y = gd.convolve(scene(n), h, mode, boundary=boundary) + 0.02 * rng.standard_normal(n)
+    with pytest.warns(gd.LamSelectionWarning, match="used lam='gcv' there"):
+        lam = gd.choose_lam(y, h, "discrepancy", noise_sigma=1e-6, mode=mode, boundary=boundary,
+                            reg="laplacian")
+    assert float(lam) == pytest.approx(float(gd.choose_lam(y, h, mode=mode, boundary=boundary,
+                                                            reg="laplacian")), rel=1e-9)
+    with pytest.warns(gd.LamSelectionWarning, match="largest lam"):
+        gd.choose_lam(y, h, "discrepancy", noise_sigma=1e3, mode=mode, boundary=boundary, reg="laplacian")

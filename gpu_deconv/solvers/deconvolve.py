@@ -30,7 +30,7 @@ from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2
 from .precond import make_preconditioner
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
 
-__all__ = ["deconvolve", "choose_lam", "estimate_noise"]
+__all__ = ["deconvolve", "choose_lam", "estimate_noise", "LamSelectionWarning"]
 
 METHODS = ("auto", "fft", "dct", "cg", "fft_approx")
 
@@ -635,6 +635,10 @@ def _expanded(prob, E, y_e, lam, x0):
     return p
 
 
+class LamSelectionWarning(UserWarning):
+    """The criterion could not be met as asked, and another value of lam was used (see the message)."""
+
+
 def _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, precondition, batch_size):
     """Per-image lam by `criterion`: (lam (B,), LamCurve, warm start (B, *n) or None)."""
     if method == "fft_approx":
@@ -642,14 +646,47 @@ def _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, preconditio
                          "approximation; use method='auto' (or give lam a number)")
     target = _noise_target(prob, noise_sigma) if criterion == "discrepancy" else None
     curve = lamsel._Curve(prob.B)
+    flags = {}
     with quiet_fp():
         if method in ("fft", "dct"):
-            lam = _select_closed(prob, method, criterion, target, curve, batch_size)
-            return lam, curve.finish(criterion, prob.batch, target), None
-        return _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batch_size)
+            lam = _select_closed(prob, method, criterion, target, curve, batch_size, flags)
+            warm = None
+        else:
+            lam, warm = _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batch_size,
+                                   flags)
+    out = lam, curve.finish(criterion, prob.batch, target), warm
+    low, high = flags.get("low"), flags.get("high")
+    if low is not None and low.any():
+        # No lam fits the data as closely as sigma says (sigma too small for this
+        # model): the principle's answer, the smallest lam, amplifies the noise
+        # without bound. GCV needs no sigma; use it for those images.
+        bad = np.flatnonzero(low)
+        g_lam, _, g_warm = _select_lam(prob, method, "gcv", None, rtol, maxiter, precondition, batch_size)
+        lam = np.where(low, g_lam, lam)
+        if warm is not None:
+            warm = bk_where(prob.bk, low, g_warm, warm)
+        warnings.warn(LamSelectionWarning(
+            f"discrepancy principle: no lam gives a residual as small as m * sigma^2 for images "
+            f"{bad[:8].tolist()}{'...' if bad.size > 8 else ''} (sigma {np.sqrt(target[bad[0]]):.3g} "
+            "is below what the model can fit; noise_sigma too small?); used lam='gcv' there"),
+            stacklevel=3)
+        out = lam, out[1], warm
+    if high is not None and high.any():
+        bad = np.flatnonzero(high)
+        warnings.warn(LamSelectionWarning(
+            f"discrepancy principle: even the largest lam searched leaves a residual below m * sigma^2 "
+            f"for images {bad[:8].tolist()}{'...' if bad.size > 8 else ''} (noise_sigma too large?); "
+            "used that largest lam"), stacklevel=3)
+    return out
 
 
-def _select_closed(prob, method, criterion, target, curve, batch_size):
+def bk_where(bk, sel, a, b):
+    """Per image (leading axis): a where sel, else b."""
+    xp = bk.xp
+    return xp.where(xp.asarray(sel).reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+
+def _select_closed(prob, method, criterion, target, curve, batch_size, flags):
     """Closed forms: exact criteria summed over the spectrum, chunk by chunk of images."""
     B = prob.B
     chunk = B if batch_size is None and not prob.bk.is_gpu else (
@@ -660,14 +697,17 @@ def _select_closed(prob, method, criterion, target, curve, batch_size):
         sub = prob if (start, stop) == (0, B) else _memory.subproblem(prob, start, stop)
         model = lamsel.spectral_model(sub, method)
         sub_curve = lamsel._Curve(stop - start)
+        f = {}
         lam[start:stop] = lamsel.search_spectral(
             model, criterion, target=None if target is None else target[start:stop], dtype=prob.dtype,
-            curve=sub_curve)
+            curve=sub_curve, flags=f)
         curve.items[start:stop] = sub_curve.items
+        for k, v in f.items():
+            flags.setdefault(k, np.zeros(B, bool))[start:stop] = v
     return lam
 
 
-def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batch_size):
+def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batch_size, flags):
     """Models without closed form: a DCT surrogate seeds, CG solves of the exact model refine."""
     bk, B = prob.bk, prob.B
     xp = bk.xp
@@ -675,7 +715,7 @@ def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batc
     min_dof = lamsel.MIN_DOF if prob.mode == "valid" else 0.0
     sur = lamsel.surrogate_model(prob)
     lam_s = lamsel.search_spectral(sur, criterion, target=target, dtype=prob.dtype, curve=curve,
-                                   exact=False, min_dof=min_dof)
+                                   exact=False, min_dof=min_dof, flags=flags)
     gcv = criterion == "gcv"
     P = int(np.clip(np.ceil(2.0 ** 15 / np.prod(m)), 1, 8)) if gcv else 0
     E = 1 + P
@@ -696,9 +736,8 @@ def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batc
         x, _ = _solve_problem(p, "cg", sel_rtol, maxiter, precondition, False, batch_size)
         return x.reshape((B, E) + n)
 
-    lam, warm = lamsel.refine_exact(prob, criterion, lam_s, solve_at, sur, target=target, nprobes=P,
-                                    curve=curve, min_dof=min_dof)
-    return lam, curve.finish(criterion, prob.batch, target), warm
+    return lamsel.refine_exact(prob, criterion, lam_s, solve_at, sur, target=target, nprobes=P,
+                               curve=curve, min_dof=min_dof)
 
 
 def choose_lam(y: ArrayLike, h: ArrayLike, criterion: str = "gcv", *, noise_sigma: PerImage | None = None,
@@ -796,14 +835,15 @@ def estimate_noise(y: ArrayLike, ndim: int | None = None) -> np.ndarray:
     Each spatial axis is filtered by the unit-energy second difference
     ``[1, -2, 1] / sqrt(6)``, which passes white noise with its variance and
     annihilates constant and linear content (blurred data has little
-    curvature left); ``sigma = 1.4826 median |d|`` is the Gaussian-consistent
-    median absolute deviation of the result (Donoho & Johnstone 1994;
-    Immerkaer 1996 uses the same filter), robust to edges and texture. Images
-    with much fine texture and little blur read a little high.
+    curvature left; Immerkaer 1996 uses the same filter). Values beyond four
+    robust standard deviations (``1.4826 median |d|``, Donoho & Johnstone
+    1994) are discarded as edges, and sigma is the root mean square of the
+    rest. Images with much fine texture and little blur read high.
 
-    For Poisson (shot) noise the variance follows the signal; the estimate is
-    then close to the standard deviation at a typical (median-level) pixel,
-    a single compromise value for the whole image.
+    For Poisson (shot) noise the variance follows the signal; sigma is then
+    the root mean square noise over the image (the variance averaged over
+    the pixels), which is what the residual of the discrepancy principle
+    measures.
 
     Examples
     --------

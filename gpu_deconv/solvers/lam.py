@@ -84,14 +84,18 @@ def _highpass_1d(n):
 
 
 def estimate_noise_flat(bk, y, nd):
-    """Per-image sigma of white noise in ``y`` of shape ``(B, *m)`` (float64 host array, (B,)).
+    """Per-image sigma of additive noise in ``y`` of shape ``(B, *m)`` (float64 host array, (B,)).
 
     Each axis is filtered by the unit-energy second difference ``[1, -2, 1] /
-    sqrt(6)`` (valid part); the noise passes with its variance unchanged while
-    smooth image content (blurred data) is annihilated up to its curvature.
-    ``sigma = 1.4826 median |d|`` is the Gaussian-consistent median absolute
-    deviation (Donoho & Johnstone, *Biometrika* 81, 1994), robust to the
-    edges and textures that the filter lets through.
+    sqrt(6)`` (valid part): white noise passes with its variance unchanged,
+    while smooth content (blurred data) is annihilated up to its curvature.
+    A robust scale ``s = 1.4826 median |d|`` (the Gaussian-consistent median
+    absolute deviation; Donoho & Johnstone, *Biometrika* 81, 1994) sets a
+    cut at ``4 s``, which discards edges; sigma is the root mean square of
+    the rest (divided by 0.99893, the variance kept by a Gaussian cut at 4
+    sigma). For noise whose variance varies over the image (Poisson) this is
+    the root mean square noise, which is what the residual of the discrepancy
+    principle measures; the median alone would read low there.
     """
     xp = bk.xp
     d = y
@@ -107,8 +111,13 @@ def estimate_noise_flat(bk, y, nd):
             term = c * d[tuple(sl)]
             acc = term if acc is None else acc + term
         d = acc
-    d = xp.abs(d.reshape(d.shape[0], -1).astype(np.float64))
-    return 1.482602218505602 * bk.asnumpy(xp.median(d, axis=1)).astype(np.float64)
+    d = d.reshape(d.shape[0], -1).astype(np.float64)
+    s = 1.482602218505602 * xp.median(xp.abs(d), axis=1, keepdims=True)
+    d2 = d * d
+    keep = d2 < 16.0 * s * s
+    kept = keep.sum(axis=1)
+    trimmed = xp.where(kept > 0, (d2 * keep).sum(axis=1) / xp.maximum(kept, 1) / 0.99893, d2.mean(axis=1))
+    return np.sqrt(bk.asnumpy(trimmed).astype(np.float64))
 
 
 # ---------------------------------------------------------- spectral model
@@ -319,7 +328,7 @@ def lam_bounds(model, dtype):
 
 
 def search_spectral(model, criterion, *, target=None, dtype=np.float64, min_dof=0.0, curve=None,
-                    exact=True, per_decade=1, rounds=(8, 4)):
+                    exact=True, per_decade=1, rounds=(8, 4), flags=None):
     """Per-image ``lam`` minimising GCV (or solving the discrepancy equation) on a spectral model.
 
     A grid of `per_decade` points per decade over :func:`lam_bounds`; then, for
@@ -329,6 +338,11 @@ def search_spectral(model, criterion, *, target=None, dtype=np.float64, min_dof=
     neighbours in ``(log lam, log G)`` for GCV, and for the discrepancy
     principle the interpolated crossing of the log mean squared residual
     (increasing in ``lam``) with ``log target``. Returns ``lam`` (B,).
+
+    A dict passed as `flags` receives, for the discrepancy principle, the
+    boolean arrays ``"low"`` (the target lies below the residual at the
+    smallest ``lam`` searched: no ``lam`` fits the data that closely) and
+    ``"high"`` (above the residual at the largest).
     """
     B, m = model.B, model.m
     lo, hi = lam_bounds(model, dtype)
@@ -342,6 +356,9 @@ def search_spectral(model, criterion, *, target=None, dtype=np.float64, min_dof=
     if curve is not None:
         for j in range(L):
             curve.add(10.0 ** T[:, j], V[:, j], exact)
+    if flags is not None and criterion == "discrepancy":
+        flags["low"] = np.asarray(target) < V[:, 0]
+        flags["high"] = np.asarray(target) > V[:, -1]
     step = grid[1] - grid[0]
     est = _estimate(criterion, T, V, target)
     for npts in rounds:
