@@ -76,6 +76,17 @@ def _float_gt0(text: str) -> float:
     return v
 
 
+def _lam_arg(text: str) -> float | str:
+    """--lam: a number >= 0, or the name of a criterion that chooses it per image."""
+    if text in ("gcv", "discrepancy"):
+        return text
+    try:
+        return _float_ge0(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, 'gcv' or 'discrepancy', got {text!r}") \
+            from None
+
+
 def _int_ge(lo: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -310,6 +321,8 @@ class _Stats:
     methods: set[str] = field(default_factory=set)
     iterations: list[int] = field(default_factory=list)
     preconditioned: bool = False
+    lams: list[float] = field(default_factory=list)
+    lam_rule: str = ""  # "gcv" / "discrepancy" when chosen from the data
 
 
 @dataclass
@@ -346,6 +359,8 @@ def _run_files(args: argparse.Namespace, prog: str, suffix: str, transform: _Tra
             pass
     _check_libraries(fmts)
     stats = _Stats()
+    rule = getattr(args, "lam", None)
+    stats.lam_rule = rule if isinstance(rule, str) else ""
     rep = _Reporter(prog, len(jobs), args.quiet)
     bs = args.batch_size or None
     pending: list[_Job] = []
@@ -449,6 +464,8 @@ def _flush(args, pending: list[_Job], transform: _Transform, rep: _Reporter, sta
             continue
         stats.methods.add(info.method)
         stats.preconditioned |= bool(info.preconditioned)
+        if getattr(info, "lam", None) is not None:
+            stats.lams.extend(float(v) for v in np.ravel(info.lam))
         approximate |= info.method == "fft_approx"
         conv[start:stop] = np.ravel(info.converged)
         resid[start:stop] = np.ravel(info.residual)
@@ -496,6 +513,10 @@ def _summary(prog: str, s: _Stats, n_failed: int, elapsed: float, device: str) -
         conv = ("all converged" if not s.not_converged
                 else f"{len(s.not_converged)} file{'s' if len(s.not_converged) != 1 else ''} NOT converged")
         parts.append(f"method {m}, iterations {it}, {conv}")
+    if s.lams:
+        lo, hi = min(s.lams), max(s.lams)
+        how = f" ({s.lam_rule})" if s.lam_rule else ""
+        parts.append(f"lam {lo:.3g}{how}" if lo == hi else f"lam {lo:.3g} to {hi:.3g}{how}")
     parts.append(f"{n_failed} failed" if n_failed else "none failed")
     return "; ".join(parts)
 
@@ -510,16 +531,31 @@ def _psf_on_device(args: argparse.Namespace) -> tuple[np.ndarray, Any, Any, str]
 
 
 def _cmd_deconvolve(args: argparse.Namespace) -> int:
+    from .solvers.closed_form import SingularSystemError
     from .solvers.deconvolve import _spatial_in, deconvolve
 
+    if args.noise_sigma is not None and args.lam != "discrepancy":
+        raise UsageError(f"--noise-sigma is used only with --lam discrepancy (got --lam {args.lam})")
+    if args.lam == "gcv" and args.method == "fft_approx":
+        raise UsageError("--lam gcv needs an exact model; --method fft_approx is an approximation "
+                         "(use --method auto or a numeric --lam)")
     h, xp, hd, label = _psf_on_device(args)
     nd = h.ndim
     reg = None if args.reg == "identity" else args.reg
 
     def apply(stack):
-        return deconvolve(xp.asarray(stack), hd, lam=args.lam, reg=reg, mode=args.mode,
-                          boundary=args.boundary, convention=args.convention, method=args.method,
-                          rtol=args.rtol, maxiter=args.maxiter, return_info=True, ndim=nd)
+        try:
+            return deconvolve(xp.asarray(stack), hd, lam=args.lam, reg=reg, mode=args.mode,
+                              boundary=args.boundary, convention=args.convention, method=args.method,
+                              rtol=args.rtol, maxiter=args.maxiter, return_info=True, ndim=nd,
+                              noise_sigma=args.noise_sigma)
+        except SingularSystemError:
+            # The library's message speaks of lam/reg/alpha; say it in this command's options.
+            raise SingularSystemError(
+                f"the PSF's transfer function vanishes at some frequencies and --lam {args.lam} with "
+                f"--reg {args.reg} leaves the problem singular there: give a positive --lam (e.g. "
+                "--lam gcv) with a regularizer that is nonzero where the PSF vanishes (--reg identity "
+                "is nonzero everywhere)") from None
 
     t = _Transform("deconvolution", nd, lambda m: tuple(_spatial_in(args.mode, m, h.shape)), apply,
                    args.psf, label)
@@ -814,8 +850,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one batch, solved together. Exit 1 if a file fails or a solve does "
                                    "not converge (the result is still written).")
     _add_files_args(d, "_deconv")
-    d.add_argument("--lam", type=_float_ge0, default=1e-3,
-                   help="regularization weight (default: %(default)s; independent of the intensity scale)")
+    d.add_argument("--lam", type=_lam_arg, default="gcv",
+                   help="regularization weight: a number >= 0, or chosen per image from the data by "
+                        "'gcv' (generalized cross-validation of the exact model) or 'discrepancy' "
+                        "(residual = noise level; see --noise-sigma). Default: %(default)s")
+    d.add_argument("--noise-sigma", type=_float_gt0, default=None, metavar="SIGMA",
+                   help="standard deviation of the noise, in the image's units, for --lam discrepancy "
+                        "(default: estimated from each image)")
     d.add_argument("--reg", choices=REGS, default="laplacian",
                    help="regularizer G: laplacian, gradient (forward differences) or identity "
                         "(Tikhonov) (default: %(default)s)")

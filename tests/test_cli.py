@@ -20,7 +20,7 @@ Image = pytest.importorskip("PIL.Image")
 SUBCOMMANDS = ("deconvolve", "convolve", "estimate-kernel", "demo", "info", "bench")
 PSF = gaussian_kernel(7, 1.2)
 # The CLI defaults: camera-friendly model and regularization.
-DEFAULTS = dict(mode="same", boundary="symmetric", lam=1e-3, reg="laplacian")
+DEFAULTS = dict(mode="same", boundary="symmetric", lam="gcv", reg="laplacian")
 
 
 def cli(*args, cwd=None, stderr=subprocess.PIPE):
@@ -88,7 +88,7 @@ def test_multipage_tiff_stack_and_3d_volume(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", stack16, photometric="minisblack")
     np.save(tmp_path / "psf2.npy", PSF)
     p = cli("deconvolve", tmp_path / "stack.tif", "--psf", tmp_path / "psf2.npy", "--mode", "valid",
-            "--boundary", "zero", "--rtol", "1e-8")
+            "--boundary", "zero", "--rtol", "1e-8", "--lam", "1e-3")
     assert p.returncode == 0, p.stderr
     assert "(3 images)" in p.stdout and "method cg (preconditioned)" in p.stdout
     out = tifffile.imread(tmp_path / "stack_deconv.tif")
@@ -206,7 +206,11 @@ def test_unreadable_inputs_give_one_line(tmp_path, psf_npy):
 def test_bad_arguments_exit_2_with_one_line(tmp_path, psf_npy):
     src = tmp_path / "y.npy"
     np.save(src, blurred())
-    cases = [(["--lam", "-1"], "--lam"), (["--mode", "wrap"], "--mode"), (["--rtol", "0"], "--rtol"),
+    cases = [(["--lam", "-1"], "--lam"), (["--lam", "auto"], "'gcv' or 'discrepancy'"),
+             (["--noise-sigma", "0.01"], "--noise-sigma is used only with --lam discrepancy"),
+             (["--lam", "discrepancy", "--noise-sigma", "0"], "--noise-sigma"),
+             (["--method", "fft_approx"], "--lam gcv needs an exact model"),
+             (["--mode", "wrap"], "--mode"), (["--rtol", "0"], "--rtol"),
              (["--batch-size", "x"], "--batch-size"), (["-o", tmp_path / "x.bmp"], "unsupported file type")]
     for extra, needle in cases:
         p = cli("deconvolve", src, "--psf", psf_npy, *extra)
@@ -362,3 +366,37 @@ def test_demo_small(tmp_path):
     for f in ("sharp.png", "blurred.png", "fourier_division.png", "exact.png", "x_exact.npy"):
         assert (out / f).exists(), f
     assert (out / "demo.png").exists() == (pytest.importorskip("matplotlib") is not None)
+
+
+# ------------------------------------------------------------- choosing lam
+def test_default_lam_is_chosen_and_reported(tmp_path, psf_npy):
+    rng = np.random.default_rng(0)
+    ys = [blurred(seed=s) + sig * rng.standard_normal((40, 44)) for s, sig in ((0, 0.003), (1, 0.05))]
+    for i, y in enumerate(ys):
+        np.save(tmp_path / f"y{i}.npy", y)
+    p = cli("deconvolve", tmp_path / "y0.npy", tmp_path / "y1.npy", "--psf", psf_npy, "-o", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    lams = [float(gd.choose_lam(y, PSF / PSF.sum(), mode="same", boundary="symmetric", reg="laplacian"))
+            for y in ys]
+    assert lams[1] > lams[0]
+    assert f"lam {min(lams):.3g} to {max(lams):.3g} (gcv)" in p.stdout, p.stdout
+    for i, y in enumerate(ys):
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"y{i}.npy"),
+                                   gd.deconvolve(y, PSF / PSF.sum(), **DEFAULTS), rtol=1e-12, atol=1e-12)
+    p = cli("deconvolve", tmp_path / "y1.npy", "--psf", psf_npy, "-o", tmp_path / "d.npy", "--lam",
+            "discrepancy", "--noise-sigma", "0.05")
+    assert p.returncode == 0, p.stderr
+    ref = gd.deconvolve(ys[1], PSF / PSF.sum(), mode="same", boundary="symmetric", reg="laplacian",
+                        lam="discrepancy", noise_sigma=0.05)
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), ref, rtol=1e-12, atol=1e-12)
+    assert "(discrepancy)" in p.stdout
+
+
+def test_lam_zero_with_vanishing_psf_says_how_to_fix_it_in_cli_terms(tmp_path):
+    np.save(tmp_path / "box.npy", np.ones((4, 4)))  # its DFT vanishes on a 16-point grid
+    np.save(tmp_path / "y.npy", np.random.default_rng(1).random((16, 16)))
+    p = cli("deconvolve", tmp_path / "y.npy", "--psf", tmp_path / "box.npy", "--mode", "same",
+            "--boundary", "periodic", "--lam", "0", "--quiet")
+    assert p.returncode == 1
+    line = one_error_line(p, "y.npy", "--lam 0", "--reg identity", "positive --lam")
+    assert "lam > 0" not in line and "reg=None" not in line
