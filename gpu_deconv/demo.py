@@ -41,14 +41,18 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, device="auto",
+def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam="gcv", device="auto",
              seed=0, figure=True, echo=print):
     """Blur a synthetic scene (15x15 Gaussian, sigma 2.5, ``valid`` mode), add noise, deconvolve.
 
-    The exact solution (``deconvolve``, preconditioned CG) is compared with
-    Fourier division on y's own grid (``method="fft_approx"``), both against
-    the true scene. Writes PNG panels, the arrays (``.npy``) and, with
-    matplotlib installed, a figure with the PCG-vs-CG convergence.
+    ``lam`` is chosen from the data by GCV (default) unless a number is
+    given. The exact solution (``deconvolve``, preconditioned CG) is compared
+    with Fourier division on y's own grid (``method="fft_approx"``, same
+    lam), both against the true scene; since the demo knows the truth, it
+    also solves at lam values around the chosen one and reports the error
+    there. Writes PNG panels, the arrays (``.npy``) and, with matplotlib
+    installed, a figure with the criterion and error curves and the
+    PCG-vs-CG convergence.
 
     Returns
     -------
@@ -74,10 +78,18 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
          f"'valid' model (y is {y.shape[0]}x{y.shape[1]}), noise sigma {noise}")
     echo(f"  device: {'GPU (CuPy)' if xp is not np else 'CPU (NumPy/SciPy)'}")
     yd, hd = xp.asarray(y), xp.asarray(h)
-    model = dict(mode="valid", lam=lam, reg="laplacian")
+    model = dict(mode="valid", reg="laplacian")
     t0 = time.perf_counter()
-    x, info = deconvolve(yd, hd, return_info=True, **model)
+    x, info = deconvolve(yd, hd, lam=lam, return_info=True, **model)
     t_exact = time.perf_counter() - t0
+    chosen = isinstance(lam, str)
+    lam = float(info.lam)
+    curve = info.lam_curve
+    model["lam"] = lam
+    if chosen:
+        # The final solve above starts from the selection's solutions; the iteration
+        # counts compared below are those of cold starts at the chosen lam.
+        _, info = deconvolve(yd, hd, return_info=True, **model)
     _, info_cg = deconvolve(yd, hd, precondition=False, return_info=True, **model)
     t0 = time.perf_counter()
     x_fd = deconvolve(yd, hd, method="fft_approx", **model)
@@ -92,9 +104,19 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
         "err_exact_interior": _rel(x[c, c], x_true[c, c]),
         "iterations": int(info.iterations), "iterations_plain_cg": int(info_cg.iterations),
         "converged": bool(info.converged), "residual": float(info.residual),
-        "seconds_exact": t_exact, "seconds_fourier": t_fd,
+        "seconds_exact": t_exact, "seconds_fourier": t_fd, "lam": lam,
     }
-    echo(f"  exact least squares (lam={lam}, Laplacian): preconditioned CG, {res['iterations']} iterations "
+    errors = None
+    if chosen:
+        # The truth is known here: the error of the exact solution at lam values around the chosen one.
+        lams = lam * 10.0 ** np.linspace(-2, 2, 9)
+        errors = np.array([_rel(bk.asnumpy(deconvolve(yd, hd, lam=t, x0=xp.asarray(x), **{
+            k: v for k, v in model.items() if k != "lam"})), x_true) for t in lams])
+        res["lam_best_of_grid"] = float(lams[int(np.argmin(errors))])
+        echo(f"  lam chosen by GCV: {lam:.3g} (of lam/100 ... 100 lam, 2 per decade, the true error is "
+             f"smallest at {res['lam_best_of_grid']:.3g})")
+        errors = (lams, errors)
+    echo(f"  exact least squares (lam={lam:.3g}, Laplacian): preconditioned CG, {res['iterations']} iterations "
          f"(plain CG: {res['iterations_plain_cg']}), residual {res['residual']:.1e}, "
          f"{'converged' if res['converged'] else 'NOT converged'}, {t_exact:.2f} s")
     echo("  relative error against the true scene (whole image / interior):")
@@ -112,7 +134,7 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
         np.save(p, arr)
         paths.append(p)
     if figure:
-        fig = _figure(out_dir, x_true, pad, x_fd, x, info, info_cg, res)
+        fig = _figure(out_dir, x_true, pad, x_fd, x, info, info_cg, res, errors, curve)
         if fig:
             paths.append(fig)
     res["paths"] = paths
@@ -120,7 +142,7 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam=1e-3, devic
     return res
 
 
-def _figure(out_dir, x_true, y_pad, x_fd, x, info, info_cg, res):
+def _figure(out_dir, x_true, y_pad, x_fd, x, info, info_cg, res, errors=None, curve=None):
     try:
         import matplotlib
 
@@ -128,16 +150,19 @@ def _figure(out_dir, x_true, y_pad, x_fd, x, info, info_cg, res):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig = plt.figure(figsize=(13, 3.2), layout="constrained")
+    ncol = 6 if errors is not None else 5
+    fig = plt.figure(figsize=(2.7 * ncol, 3.2), layout="constrained")
     panels = [("sharp scene", x_true), ("blurred + noise\n('valid', edges padded)", y_pad),
               (f"Fourier division\nerror {res['err_fourier']:.3f}", x_fd),
-              (f"exact least squares\nerror {res['err_exact']:.3f}", x)]
+              (f"exact least squares, lam {res['lam']:.2g}\nerror {res['err_exact']:.3f}", x)]
     for i, (title, img) in enumerate(panels):
-        ax = fig.add_subplot(1, 5, i + 1)
+        ax = fig.add_subplot(1, ncol, i + 1)
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    ax = fig.add_subplot(1, 5, 5)
+    if errors is not None:
+        _lam_panel(fig.add_subplot(1, ncol, 5), curve, res["lam"], errors)
+    ax = fig.add_subplot(1, ncol, ncol)
     for inf, label in ((info_cg, "plain CG"), (info, "PCG (band)")):
         hist = np.array([np.ravel(v)[0] for v in inf.history])
         ax.semilogy(hist, label=f"{label}: {len(hist) - 1} it.")
@@ -151,3 +176,28 @@ def _figure(out_dir, x_true, y_pad, x_fd, x, info, info_cg, res):
     fig.savefig(p, dpi=100)
     plt.close(fig)
     return p
+
+
+def _lam_panel(ax, curve, lam, errors):
+    """GCV (surrogate grid and exact-model points) against lam, and the true error beside it."""
+    lv, vv, ex = (np.ravel(a) for a in (curve.lam, curve.value, curve.exact))
+    ok = np.isfinite(lv) & np.isfinite(vv)
+    sur = ok & ~ex
+    if sur.any():
+        ax.loglog(lv[sur], vv[sur], ".", color="0.6", ms=3, label="GCV, DCT surrogate")
+    ax.loglog(lv[ok & ex], vv[ok & ex], "o", color="C0", ms=4, label="GCV, exact model")
+    ax.axvline(lam, color="C0", lw=0.8, ls="--", label=f"chosen {lam:.2g}")
+    ax.set_xlabel("lam")
+    ax.set_ylabel("GCV", color="C0")
+    lo, hi = lam / 1e3, lam * 1e3
+    ax.set_xlim(lo, hi)
+    shown = vv[ok & (lv >= lo) & (lv <= hi)]
+    if shown.size:
+        ax.set_ylim(shown.min() / 1.1, shown.max() * 1.1)
+    ax2 = ax.twinx()
+    ax2.semilogx(errors[0], errors[1], "s-", color="C3", ms=3, label="true error")
+    ax2.set_ylabel("relative error vs truth", color="C3")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="upper right")
+    ax.set_title("choosing lam", fontsize=9)
