@@ -4,7 +4,7 @@ For natural photographs (scikit-image's bundled images, grey, 256^2), blurred by
 Gaussian and by a motion line, with white Gaussian noise or Poisson noise
 (about 1000 photons at the peak), in the ``circular``, ``same`` + ``symmetric``
 and ``valid`` models, it prints one markdown table: the PSNR of the data, of
-the oracle (the best lam on a grid of 4 per decade, refined to 16 per decade,
+the oracle (the best lam on a grid of 4 per decade from 10^-4.5 to 1, refined to 16 per decade,
 same model and solver), of ``lam="gcv"`` and of ``lam="discrepancy"`` (sigma
 estimated from the data), with the lam each chose. PSNR is over the data's own
 domain: the whole image for circular and same; for valid, the central crop
@@ -31,7 +31,7 @@ import gpu_deconv as gd
 from gpu_deconv.data import gaussian_kernel
 
 DEV = ("camera",)
-HELD_OUT = ("astronaut", "coffee", "chelsea", "rocket")
+HELD_OUT = ("astronaut", "coffee", "chelsea")
 
 
 def motion_kernel(length=13, angle_deg=30.0, size=None):
@@ -105,7 +105,7 @@ def oracle(y, h, mode, xt):
         xe = gd.deconvolve(y, h, lam=lam, **kw(mode))
         return psnr(estimate_on_data_domain(xe, h, mode), xt)
 
-    grid = 10.0 ** np.arange(-6, 0.01, 0.25)
+    grid = 10.0 ** np.arange(-4.5, 0.01, 0.25)
     s = [score(t) for t in grid]
     j = int(np.argmax(s))
     fine = grid[j] * 10.0 ** (np.arange(-3, 4) / 16)

@@ -116,9 +116,10 @@ def run_demo(out_dir="gpu_deconv_demo", *, size=256, noise=0.01, lam="gcv", devi
         echo(f"  lam chosen by GCV: {lam:.3g} (of lam/100 ... 100 lam, 2 per decade, the true error is "
              f"smallest at {res['lam_best_of_grid']:.3g})")
         errors = (lams, errors)
-    echo(f"  exact least squares (lam={lam:.3g}, Laplacian): preconditioned CG, {res['iterations']} iterations "
-         f"(plain CG: {res['iterations_plain_cg']}), residual {res['residual']:.1e}, "
-         f"{'converged' if res['converged'] else 'NOT converged'}, {t_exact:.2f} s")
+    echo(f"  exact least squares (lam={lam:.3g}, Laplacian): preconditioned CG, {res['iterations']} "
+         f"iterations (plain CG: {res['iterations_plain_cg']}), residual {res['residual']:.1e}, "
+         f"{'converged' if res['converged'] else 'NOT converged'}, "
+         f"{t_exact:.2f} s{' with the choice of lam' if chosen else ''}")
     echo("  relative error against the true scene (whole image / interior):")
     echo(f"    blurred + noisy data (interior): {res['err_blurred']:.4f}")
     echo(f"    Fourier division (fft_approx):   {res['err_fourier']:.4f} / {res['err_fourier_interior']:.4f}")
