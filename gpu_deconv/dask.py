@@ -44,6 +44,7 @@ import numpy as np
 
 from ._backend import is_cupy_array
 from ._validation import check_dtype_arg, check_mode_boundary_convention, check_ndim, float_dtype
+from .solvers.lam import CRITERIA
 
 if TYPE_CHECKING:
     import dask.array
@@ -52,7 +53,8 @@ __all__ = ["INFO_DTYPE", "convolve", "correlate", "deconvolve"]
 
 #: dtype of the per-image info array returned by ``deconvolve(..., return_info=True)``.
 INFO_DTYPE = np.dtype([("method", "U10"), ("iterations", np.int64), ("residual", np.float64),
-                       ("converged", np.bool_), ("breakdown", np.bool_), ("stagnated", np.bool_)])
+                       ("converged", np.bool_), ("breakdown", np.bool_), ("stagnated", np.bool_),
+                       ("lam", np.float64)])
 
 
 def _da():
@@ -156,7 +158,7 @@ def _deconvolve_block(yb, *blocks, h, names, kwargs, with_info):
     x, info = deconvolve(yb, h, return_info=True, **kw)
     rec = np.zeros(np.shape(info.converged), INFO_DTYPE)
     rec["method"] = info.method
-    for f in ("iterations", "residual", "converged", "breakdown", "stagnated"):
+    for f in ("iterations", "residual", "converged", "breakdown", "stagnated", "lam"):
         v = getattr(info, f)
         if v is not None:
             rec[f] = v
@@ -171,7 +173,7 @@ def _pick(o, i):
 
 def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = None, x0: Any = None,
                return_info: bool = False, ndim: int | None = None, dtype: Any = None,
-               **kwargs: Any) -> Any:
+               noise_sigma: Any = None, **kwargs: Any) -> Any:
     """Lazy :func:`gpu_deconv.deconvolve` of a dask array of images, one task per batch chunk.
 
     Parameters
@@ -183,13 +185,17 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
         One kernel, in the array module of y's chunks.
     lam, alpha : float or array of the batch shape, optional
         One value for all, or one per image (NumPy, CuPy or dask; rechunked
-        to y's batch chunks).
+        to y's batch chunks). ``lam="gcv"`` or ``"discrepancy"`` chooses it
+        per image, in each task; the images are independent, so the result
+        equals the in-memory call.
+    noise_sigma : float or array of the batch shape, optional
+        For ``lam="discrepancy"``, as in :func:`gpu_deconv.deconvolve`.
     z, x0 : array, optional
         As in :func:`gpu_deconv.deconvolve`, with the unknown's shape.
     return_info : bool, optional
         Also return the per-image solve report as a lazy structured array of
         the batch shape with fields ``method``, ``iterations``, ``residual``,
-        ``converged``, ``breakdown``, ``stagnated`` (:data:`INFO_DTYPE`,
+        ``converged``, ``breakdown``, ``stagnated``, ``lam`` (:data:`INFO_DTYPE`,
         NumPy chunks even for CuPy data). Compute both together,
         ``dask.compute(x, info)``, to solve each chunk once.
     ndim : int, optional
@@ -237,7 +243,16 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
     args: list[Any] = [y, bidx + sidx]
     names: list[str] = []
     kw = dict(kwargs, ndim=nd, dtype=dtype)
-    for name, v in (("lam", lam), ("alpha", alpha)):
+    per_image = [("lam", lam), ("alpha", alpha)]
+    if isinstance(lam, str):
+        if lam not in CRITERIA:
+            raise TypeError(f"lam must be a non-negative number, one per image, 'gcv' or 'discrepancy'; "
+                            f"got {lam!r:.60}")
+        kw["lam"] = lam
+        per_image = per_image[1:]
+    if noise_sigma is not None:
+        per_image.append(("noise_sigma", noise_sigma))
+    for name, v in per_image:
         v = _per_image(da, name, v, y, nb)
         if isinstance(v, float):
             kw[name] = v

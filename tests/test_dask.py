@@ -82,6 +82,20 @@ def test_return_info_on_cluster(client):
     np.testing.assert_allclose(ic["residual"], rinfo.residual, rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode, crit", [("circular", "gcv"), ("same", "gcv"), ("same", "discrepancy")])
+def test_chosen_lam_on_cluster_equals_in_memory(client, mode, crit):
+    """lam is chosen per image inside each task; the images are independent, so chunks change nothing."""
+    y = da.from_array(Y, chunks=(2, 3, -1, -1))
+    kw = dict(mode=mode, reg="laplacian", lam=crit)
+    if crit == "discrepancy":
+        kw["noise_sigma"] = 0.05
+    x, info = gdd.deconvolve(y, H, return_info=True, **kw)
+    xc, ic = client.compute([x, info], sync=True)
+    ref, rinfo = gd.deconvolve(Y, H, return_info=True, **kw)
+    np.testing.assert_allclose(ic["lam"], rinfo.lam, rtol=1e-9)
+    np.testing.assert_allclose(xc, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
 def test_threaded_scheduler_float32_with_z_and_x0():
     y32 = Y.astype(np.float32)
     n = (Y.shape[2] + 4, Y.shape[3] + 3)  # the valid-mode unknown

@@ -396,12 +396,16 @@ def _parabola_min(T, V):
     i = int(np.argmin(Vv))
     if i == 0 or i == len(T) - 1 or not (fin[i - 1] and fin[i + 1]):
         return float(T[i])
-    x = T[i - 1:i + 2]
-    y = np.log(V[i - 1:i + 2])
-    a, b, _ = np.polyfit(x, y, 2)
-    if a <= 0:
-        return float(T[i])
-    return float(np.clip(-b / (2 * a), x[0], x[2]))
+    x0, x1, x2 = T[i - 1:i + 2]
+    y0, y1, y2 = np.log(V[i - 1:i + 2])
+    if not (x0 < x1 < x2):
+        return float(x1)
+    d0, d1 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+    a = (d1 - d0) / (x2 - x0)  # half the second derivative
+    if not a > 0:
+        return float(x1)
+    b = d0 + a * (x1 - x0)  # slope at x1
+    return float(np.clip(x1 - b / (2 * a), x0, x2))
 
 
 def _crossing(T, V, target):
