@@ -247,6 +247,8 @@ def subproblem(prob, start, stop):
     sub.x0 = None if prob.x0 is None else prob.x0[start:stop]
     sub.lam = prob.lam[start:stop]
     sub.alpha = prob.alpha[start:stop]
+    if prob.lam_precond is not None:
+        sub.lam_precond = prob.lam_precond[start:stop]
     if prob.A.kernel_batch:
         sub.h = prob.h[start:stop]
         sub.A = ConvolutionOperator(sub.h, prob.n, prob.mode, boundary=prob.boundary,

@@ -185,7 +185,7 @@ def _lam_panel(ax, curve, lam, errors):
     ok = np.isfinite(lv) & np.isfinite(vv)
     sur = ok & ~ex
     if sur.any():
-        ax.loglog(lv[sur], vv[sur], ".", color="0.6", ms=3, label="GCV, DCT surrogate")
+        ax.loglog(lv[sur], vv[sur], ".", color="0.6", ms=3, label="GCV, circular surrogate")
     ax.loglog(lv[ok & ex], vv[ok & ex], "o", color="C0", ms=4, label="GCV, exact model")
     ax.axvline(lam, color="C0", lw=0.8, ls="--", label=f"chosen {lam:.2g}")
     ax.set_xlabel("lam")

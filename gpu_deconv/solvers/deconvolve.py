@@ -126,6 +126,10 @@ def _image_array(bk, name, a, batch, n, dtype, norm=False):
 class _Problem:
     """Validated problem in flat-batch form: y (B, *m), per-image lam/alpha (B,)."""
 
+    #: Per-image lam for which CG's preconditioner is built, when not `lam` itself
+    #: (the solves that choose lam share one preconditioner across nearby lam).
+    lam_precond = None
+
     def key(self, *tag, dtype=None):
         """Cache identity of what is built from the operators alone (filters, preconditioners).
 
@@ -566,7 +570,11 @@ def _rhs(prob):
 def _solve_cg(prob, rtol, maxiter, precondition, return_info):
     bk = prob.bk
     normal = _make_normal(bk, prob, prob.dtype)
-    M = make_preconditioner(bk, prob, prob.dtype, precondition) if precondition else None
+    pprob = prob
+    if prob.lam_precond is not None:
+        pprob = copy.copy(prob)
+        pprob.lam = prob.lam_precond
+    M = make_preconditioner(bk, pprob, prob.dtype, precondition) if precondition else None
     x, d = batched_cg(bk, normal, _rhs(prob), prob.ndim, x0=prob.x0, rtol=rtol, maxiter=maxiter, M=M,
                       keep_history=return_info)
     shape = prob.batch
@@ -595,8 +603,9 @@ def _residual(prob, x):
 # ------------------------------------------------------------ choosing lam
 #: Relative tolerance of the CG solves that evaluate a criterion (the final
 #: solve uses the caller's rtol): the criteria need the residual and the
-#: trace to about 1e-3, not the solution to 1e-6.
-SELECT_RTOL = 1e-4
+#: trace to about 1e-3 (at small lam the probes need ~1e-5 for that), not the
+#: solution to 1e-6.
+SELECT_RTOL = 1e-5
 
 
 def _noise_target(prob, noise_sigma):
@@ -708,7 +717,7 @@ def _select_closed(prob, method, criterion, target, curve, batch_size, flags):
 
 
 def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batch_size, flags):
-    """Models without closed form: a DCT surrogate seeds, CG solves of the exact model refine."""
+    """Models without closed form: a circular surrogate seeds, CG solves of the exact model refine."""
     bk, B = prob.bk, prob.B
     xp = bk.xp
     n, m = tuple(prob.n), tuple(prob.m)
@@ -733,10 +742,13 @@ def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batc
             x0 = xp.zeros((B, E) + n, dtype=prob.dtype)
             x0[:, 0] = prob.x0
         p = _expanded(prob, E, y_e, lam, x0)
+        # One preconditioner (built at the surrogate's lam, cached) serves every lam tried:
+        # it stays SPD, and building one per lam would cost more than it saves.
+        p.lam_precond = np.repeat(lam_s, E)
         x, _ = _solve_problem(p, "cg", sel_rtol, maxiter, precondition, False, batch_size)
         return x.reshape((B, E) + n)
 
-    return lamsel.refine_exact(prob, criterion, lam_s, solve_at, sur, target=target, nprobes=P,
+    return lamsel.refine_exact(prob, criterion, lam_s, solve_at, target=target, nprobes=P,
                                curve=curve, min_dof=min_dof)
 
 
@@ -780,12 +792,13 @@ batch_size
     sums over the spectrum of `y`, evaluated on a grid of one ``lam`` per
     decade around ``max|H|^2 / max R``, then two rounds of finer points (8,
     then 4) around the best, and a parabola through the best ones. Elsewhere a
-    DCT surrogate of the data grid seeds the search, and batched CG solves of
+    circular surrogate (the data tapered to zero over one kernel width at
+    the faces) seeds the search, and batched CG solves of
     the exact model refine it: GCV at ``lam_s`` and ``lam_s * 10^(+-1/2)``
     (moving outward while an end point is the best), with ``tr(A)`` from
-    Rademacher probes solved as extra batch entries and the surrogate as
-    control variate; the discrepancy principle by secant steps on the exact
-    residual. Those solves use ``rtol = max(rtol, 1e-4)``. In ``valid`` mode
+    Rademacher probes solved as extra batch entries and a DCT model of the
+    influence matrix as control variate; the discrepancy principle by secant steps on the exact
+    residual. Those solves use ``rtol = max(rtol, 1e-5)``. In ``valid`` mode
     ``A -> I`` as ``lam -> 0`` (the unknown has more samples than the data),
     so the GCV search keeps ``tr(I - A) >= 0.02 m``.
 

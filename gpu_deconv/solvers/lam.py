@@ -17,8 +17,8 @@ Closed forms (DFT, DCT) diagonalize ``A``: with ``f_k = (lam R_k + alpha) /
 are exact sums over the spectrum, evaluated here for many ``lam`` on the
 spectrum of the data (Hansen, Nagy & O'Leary, *Deblurring Images*, SIAM 2006,
 ch. 7). The other models (``same`` with a zero, reflect or replicate
-boundary, ``valid``, ``full``) are searched first on a DCT surrogate of the
-data grid, then refined on the exact model: each refinement point is a
+boundary, ``valid``, ``full``) are searched first on a circular surrogate of
+the tapered data, then refined on the exact model: each refinement point is a
 batched CG solve of the data and of Rademacher probes ``v`` for
 ``tr(A) ~ v^T A v`` (Hutchinson, 1989), with the surrogate's own influence
 matrix as a control variate, so that only ``v^T (A - A_s) v`` is estimated.
@@ -60,7 +60,7 @@ class LamCurve:
         squared residual ``||H x - y||^2 / m`` (to compare with ``target``).
     exact : ndarray of bool
         ``(*batch, L)``: True where the value is that of the exact model, False
-        where it is that of the DCT surrogate used to seed the search (models
+        where it is that of the circular surrogate used to seed the search (models
         without a closed form).
     target : ndarray or None
         Discrepancy only: ``sigma^2`` per image (batch shape).
@@ -242,47 +242,71 @@ def _mirror_power(xp, P, nd):
     return out
 
 
-def surrogate_model(prob):
-    """A DCT-diagonal stand-in for a model without closed form, on the data grid.
+def _taper(xp, n, width):
+    """A length-n window: raised-cosine ramps of `width` samples at both ends, 1 between."""
+    w = np.ones(n)
+    width = min(width, n // 2)
+    if width > 0:
+        r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(width) + 0.5) / width)
+        w[:width] = r
+        w[n - width:] = r[::-1]
+    return xp.asarray(w)
 
-    The data are extended symmetrically (the DCT-II), and the kernel and the
-    regularizers act through their power spectra at the DCT frequencies
-    ``pi k / m``, averaged over the signs of the frequencies (exact for
-    kernels symmetric in every axis with ``same`` + ``symmetric``; a
-    surrogate otherwise). The proximal centre enters only where the unknown
-    and the data share a grid.
+
+def surrogate_model(prob):
+    """A circular stand-in for a model without closed form, on the data grid, for seeding the search.
+
+    The data are tapered to zero over one kernel width at every face
+    (raised-cosine ramps), so that their periodic extension has no jump, and
+    the model is circular on the data grid. Whatever the boundary model,
+    this keeps the edges of the data from looking like detail that only a
+    tiny ``lam`` could fit (a mirror or zero extension of data blurred with
+    a zero boundary does exactly that). The proximal term enters through
+    ``alpha`` in the denominator only.
     """
     bk, nd, B = prob.bk, prob.ndim, prob.B
     xp = bk.xp
     f64 = np.float64
     m = tuple(prob.m)
+    y = prob.y.astype(f64)
+    for ax in range(nd):
+        shape = [1] * (nd + 1)
+        shape[ax + 1] = m[ax]
+        y = y * _taper(xp, m[ax], prob.kshape[ax]).reshape(shape)
+    reg_terms = [(t.weight, None if t.is_identity else t.op.kernel) for t in prob.terms]
+    Hp = _as_rows(kernel_power(bk, prob.A.kernel, m, f64), B, nd)
+    R = _as_rows(weighted_power(bk, reg_terms, m, f64), B, nd)
+    Y = bk.rfftn(y, m).reshape(B, -1)
+    w = _rfft_weights(xp, m)
+    wa = abs2(Y) * w
+    wb = wc = None
+    if prob.use_alpha:
+        wb = xp.zeros_like(wa)
+        wc = wb
+    return SpectralModel(xp, Hp, R, wa, w, 1.0 / float(np.prod(m)), int(np.prod(m)), prob.alpha, wb, wc)
+
+
+def dct_powers(prob):
+    """``(|H|^2, R)`` at the DCT frequencies of the data grid, sign-averaged, flattened ((K,) or (B, K)).
+
+    The filter ``|H|^2 / (|H|^2 + lam R + alpha)`` in the orthonormal DCT
+    basis is a symmetric matrix close to the influence matrix away from the
+    edges: the control variate of the trace estimate.
+    """
+    bk, nd, B = prob.bk, prob.ndim, prob.B
+    xp = bk.xp
+    m = tuple(prob.m)
     grid = tuple(2 * a for a in m)
     crop = (Ellipsis,) + tuple(slice(0, a) for a in m)
 
     def power(h):
-        P = kernel_power(bk, h, grid, f64)
-        return _mirror_power(xp, P, nd)[crop]
+        return _mirror_power(xp, kernel_power(bk, h, grid, np.float64), nd)[crop]
 
-    Hp = power(prob.A.kernel)
     R = None
     for t in prob.terms:
-        P = xp.ones(m, f64) if t.is_identity else power(t.op.kernel)
+        P = xp.ones(m, np.float64) if t.is_identity else power(t.op.kernel)
         R = t.weight * P if R is None else R + t.weight * P
-    Hp = _as_rows(Hp, B, nd)
-    R = _as_rows(R, B, nd)
-    Y = bk.dctn(prob.y.astype(f64), nd).reshape(B, -1)
-    w = xp.ones(int(np.prod(m)), f64)
-    wa = Y * Y
-    wb = wc = None
-    alpha = prob.alpha
-    if prob.use_alpha:
-        if tuple(prob.n) == m:
-            HZ = xp.sqrt(Hp) * bk.dctn(prob.z.astype(f64), nd).reshape(B, -1)
-            wb, wc = Y * HZ, HZ * HZ
-        else:
-            wb = xp.zeros_like(wa)
-            wc = wb
-    return SpectralModel(xp, Hp, R, wa, w, 1.0, int(np.prod(m)), alpha, wb, wc)
+    return _as_rows(power(prob.A.kernel), B, nd), _as_rows(R, B, nd)
 
 
 # ------------------------------------------------------------------ search
@@ -433,7 +457,7 @@ def probes(m, count, seed=0):
     return rng.integers(0, 2, size=(count,) + tuple(m)).astype(np.float64) * 2 - 1
 
 
-def refine_exact(prob, criterion, lam_s, solve_at, sur, *, target=None, nprobes=1, curve=None,
+def refine_exact(prob, criterion, lam_s, solve_at, *, target=None, nprobes=1, curve=None,
                  factor=10.0 ** 0.5, max_steps=3, min_dof=0.0):
     """Refine a surrogate's ``lam_s`` on the exact model (CG modes).
 
@@ -441,8 +465,8 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur, *, target=None, nprobes=
     started from a previous state (or None), the data and, for GCV, the
     `nprobes` probes as extra batch entries: ``state`` has shape
     ``(B, 1 + nprobes, *n)``, the data's solution first. GCV: exact residual
-    and a Hutchinson estimate of ``tr(A)`` with the surrogate ``sur`` as
-    control variate, at ``lam_s`` and ``lam_s * factor^(+-1)``; the bracket
+    and a Hutchinson estimate of ``tr(A)`` with the DCT filter of
+    :func:`dct_powers` as control variate, at ``lam_s`` and ``lam_s * factor^(+-1)``; the bracket
     moves outward while an end point is the smallest (at most `max_steps`
     times), and the answer is the vertex of the parabola through the best
     point and its neighbours in ``log lam``. Discrepancy: secant steps on the
@@ -462,6 +486,8 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur, *, target=None, nprobes=
         V = xp.asarray(probes(prob.m, nprobes))
         # surrogate control variate: v^T A_s v = sum_k fs_k (C v)_k^2, C the orthonormal DCT
         CV2 = bk.dctn(V, nd).reshape(nprobes, -1) ** 2
+        cv_Hp, cv_R = dct_powers(prob)
+        alpha_b = xp.asarray(prob.alpha.reshape(-1, 1))
 
     def mask(sel, like):
         return xp.asarray(sel).reshape((B,) + (1,) * (like.ndim - 1))
@@ -475,10 +501,8 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur, *, target=None, nprobes=
             u = state[:, 1:].reshape((B * nprobes,) + n)
             Hu = prob.A._forward(u, (B * nprobes,)).reshape((B, nprobes) + tuple(prob.m)).astype(f64)
             vAv = bk.asnumpy((Hu * V[None]).sum(axis=axes))  # (B, P)
-            Ns = xp.asarray(lam.reshape(-1, 1)) * sur.R
-            if sur.use_alpha:
-                Ns = Ns + xp.asarray(sur.alpha.reshape(-1, 1))
-            fs = xp.broadcast_to(sur.Hp / (Ns + sur.Hp), (B, CV2.shape[1]))
+            Ns = xp.asarray(lam.reshape(-1, 1)) * cv_R + alpha_b
+            fs = xp.broadcast_to(cv_Hp / (Ns + cv_Hp), (B, CV2.shape[1]))
             vAsv = bk.asnumpy(xp.einsum("bk,pk->bp", fs, CV2))
             trA = bk.asnumpy(fs.sum(axis=1)) + (vAv - vAsv).mean(axis=1)
             val = _criterion("gcv", res, m - trA, m, min_dof)
