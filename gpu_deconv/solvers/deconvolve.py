@@ -723,8 +723,9 @@ def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batc
     n, m = tuple(prob.n), tuple(prob.m)
     min_dof = lamsel.MIN_DOF if prob.mode == "valid" else 0.0
     sur = lamsel.surrogate_model(prob)
+    pts = {}
     lam_s = lamsel.search_spectral(sur, criterion, target=target, dtype=prob.dtype, curve=curve,
-                                   exact=False, min_dof=min_dof, flags=flags)
+                                   exact=False, min_dof=min_dof, flags=flags, points=pts)
     gcv = criterion == "gcv"
     P = int(np.clip(np.ceil(2.0 ** 15 / np.prod(m)), 1, 8)) if gcv else 0
     E = 1 + P
@@ -748,7 +749,7 @@ def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batc
         x, _ = _solve_problem(p, "cg", sel_rtol, maxiter, precondition, False, batch_size)
         return x.reshape((B, E) + n)
 
-    return lamsel.refine_exact(prob, criterion, lam_s, solve_at, target=target, nprobes=P,
+    return lamsel.refine_exact(prob, criterion, lam_s, solve_at, pts, target=target, nprobes=P,
                                curve=curve, min_dof=min_dof)
 
 
@@ -791,16 +792,19 @@ batch_size
     ``symmetric`` with centre-symmetric kernels: DCT) both criteria are exact
     sums over the spectrum of `y`, evaluated on a grid of one ``lam`` per
     decade around ``max|H|^2 / max R``, then two rounds of finer points (8,
-    then 4) around the best, and a parabola through the best ones. Elsewhere a
-    circular surrogate (the data tapered to zero over one kernel width at
-    the faces) seeds the search, and batched CG solves of
-    the exact model refine it: GCV at ``lam_s`` and ``lam_s * 10^(+-1/2)``
-    (moving outward while an end point is the best), with ``tr(A)`` from
-    Rademacher probes solved as extra batch entries and a DCT model of the
-    influence matrix as control variate; the discrepancy principle by secant steps on the exact
-    residual. Those solves use ``rtol = max(rtol, 1e-5)``. In ``valid`` mode
-    ``A -> I`` as ``lam -> 0`` (the unknown has more samples than the data),
-    so the GCV search keeps ``tr(I - A) >= 0.02 m``.
+    then 4) around the best, and a parabola through the best ones.
+
+    Elsewhere a circular surrogate (the data tapered to zero over one kernel
+    width at the faces) is searched the same way, and batched CG solves of the
+    exact model refine its answer ``lam_s``. GCV: the exact model's GCV at
+    ``lam_s * 10^(-+1/4)`` (the residual exactly, ``tr(A)`` from Rademacher
+    probes solved as extra batch entries, with a DCT model of the influence
+    matrix as control variate) fits a log-linear correction of the surrogate's
+    curve, whose minimum within a decade of ``lam_s`` is the answer.
+    Discrepancy: secant steps on the exact residual. Those solves use ``rtol =
+    max(rtol, 1e-5)`` and one preconditioner, built at ``lam_s``. In ``valid``
+    mode ``A -> I`` as ``lam -> 0`` (the unknown has more samples than the
+    data), so the GCV search keeps ``tr(I - A) >= 0.02 m``.
 
     Examples
     --------

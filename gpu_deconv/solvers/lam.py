@@ -352,7 +352,7 @@ def lam_bounds(model, dtype):
 
 
 def search_spectral(model, criterion, *, target=None, dtype=np.float64, min_dof=0.0, curve=None,
-                    exact=True, per_decade=1, rounds=(8, 4), flags=None):
+                    exact=True, per_decade=1, rounds=(8, 4), flags=None, points=None):
     """Per-image ``lam`` minimising GCV (or solving the discrepancy equation) on a spectral model.
 
     A grid of `per_decade` points per decade over :func:`lam_bounds`; then, for
@@ -363,6 +363,8 @@ def search_spectral(model, criterion, *, target=None, dtype=np.float64, min_dof=
     principle the interpolated crossing of the log mean squared residual
     (increasing in ``lam``) with ``log target``. Returns ``lam`` (B,).
 
+    A dict passed as `points` receives ``"T"``, ``"V"``: every ``log10 lam``
+    evaluated and the criterion there, (B, L) arrays sorted by ``lam``.
     A dict passed as `flags` receives, for the discrepancy principle, the
     boolean arrays ``"low"`` (the target lies below the residual at the
     smallest ``lam`` searched: no ``lam`` fits the data that closely) and
@@ -398,6 +400,9 @@ def search_spectral(model, criterion, *, target=None, dtype=np.float64, min_dof=
                 curve.add(10.0 ** t, v, exact)
         step = offs[offs > 0].min() if (offs > 0).any() else step / 2
         est = _estimate(criterion, T, V, target)
+    if points is not None:
+        order = np.argsort(T, axis=1)
+        points["T"], points["V"] = np.take_along_axis(T, order, 1), np.take_along_axis(V, order, 1)
     return 10.0 ** np.clip(est, lo, hi)
 
 
@@ -451,26 +456,58 @@ def _crossing(T, V, target):
 
 
 # ------------------------------------------------------- exact refinement (CG)
+def _corrected(t0, step, evaluate, sur, mask, xp):
+    """GCV: the surrogate's curve times a log-linear correction fitted to two exact evaluations.
+
+    ``log G(t) ~ log S(t) + a + b t`` with ``a, b`` from the exact GCV at
+    ``t0 -+ step / 2``; the answer minimises that corrected curve over the
+    surrogate's points within one decade of ``t0`` (parabola through the
+    best), or is the better exact point if the corrected curve is not
+    convex there.
+    """
+    h = step / 2
+    v1, s1 = evaluate(t0 - h, None)
+    v2, s2 = evaluate(t0 + h, s1)
+    T, V = sur["T"], sur["V"]
+    out = np.empty(t0.size)
+    for b in range(t0.size):
+        ok = np.isfinite(V[b]) & (V[b] > 0) & (np.abs(T[b] - t0[b]) <= 1.0)
+        tt, vv = T[b][ok], V[b][ok]
+        if not (np.isfinite(v1[b]) and np.isfinite(v2[b])) or tt.size < 3:
+            out[b] = t0[b] - h if v1[b] <= v2[b] else t0[b] + h
+            continue
+        ls1 = np.interp(t0[b] - h, tt, np.log(vv))
+        ls2 = np.interp(t0[b] + h, tt, np.log(vv))
+        slope = ((np.log(v2[b]) - ls2) - (np.log(v1[b]) - ls1)) / (2 * h)
+        corr = np.log(vv) + slope * (tt - t0[b])
+        out[b] = _parabola_min(tt, np.exp(corr - corr.min()))
+    near = np.abs(out - (t0 - h)) <= np.abs(out - (t0 + h))
+    warm = xp.where(mask(near, s1), s1, s2)
+    return 10.0 ** out, warm[:, 0]
+
+
 def probes(m, count, seed=0):
     """``count`` Rademacher vectors of spatial shape ``m`` (float64 host), fixed seed."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 2, size=(count,) + tuple(m)).astype(np.float64) * 2 - 1
 
 
-def refine_exact(prob, criterion, lam_s, solve_at, *, target=None, nprobes=1, curve=None,
+def refine_exact(prob, criterion, lam_s, solve_at, sur_points, *, target=None, nprobes=1, curve=None,
                  factor=10.0 ** 0.5, max_steps=3, min_dof=0.0):
     """Refine a surrogate's ``lam_s`` on the exact model (CG modes).
 
     ``solve_at(lam, x0) -> state`` solves, at per-image ``lam`` and warm
     started from a previous state (or None), the data and, for GCV, the
     `nprobes` probes as extra batch entries: ``state`` has shape
-    ``(B, 1 + nprobes, *n)``, the data's solution first. GCV: exact residual
-    and a Hutchinson estimate of ``tr(A)`` with the DCT filter of
-    :func:`dct_powers` as control variate, at ``lam_s`` and ``lam_s * factor^(+-1)``; the bracket
-    moves outward while an end point is the smallest (at most `max_steps`
-    times), and the answer is the vertex of the parabola through the best
-    point and its neighbours in ``log lam``. Discrepancy: secant steps on the
-    log residual against ``log lam``.
+    ``(B, 1 + nprobes, *n)``, the data's solution first.
+
+    GCV: the exact model's GCV at ``lam_s * factor^(-+1/4)`` (the residual
+    exactly, ``tr(A)`` by Hutchinson probes with the DCT filter of
+    :func:`dct_powers` as control variate) fixes a log-linear correction of
+    the surrogate's curve (`sur_points`, from :func:`search_spectral`), whose
+    minimum is the answer (:func:`_corrected`). Discrepancy: secant steps on
+    the exact log residual against ``log lam`` (at most `max_steps` after
+    the first two). `min_dof`: GCV is +inf where ``tr(I - A) < min_dof m``.
 
     Returns ``(lam, x_warm)``: the chosen ``lam`` per image and the data
     solution of the evaluated point nearest to it (a warm start).
@@ -515,31 +552,7 @@ def refine_exact(prob, criterion, lam_s, solve_at, *, target=None, nprobes=1, cu
     t0 = np.log10(np.asarray(lam_s, f64))
     step = np.log10(factor)
     if gcv:
-        v0, s0 = evaluate(t0, None)
-        vp, sp = evaluate(t0 + step, s0)
-        vm, sm = evaluate(t0 - step, s0)
-        pts = [[(t0[b] - step, vm[b]), (t0[b], v0[b]), (t0[b] + step, vp[b])] for b in range(B)]
-        lo_s, hi_s = sm, sp
-        for _ in range(max_steps):
-            down = np.array([p[0][1] < min(v for _, v in p[1:]) for p in pts])
-            up = np.array([p[-1][1] < min(v for _, v in p[:-1]) for p in pts]) & ~down
-            if not (down.any() or up.any()):
-                break
-            tt = np.array([p[0][0] - step if d else p[-1][0] + step if u else p[1][0]
-                           for p, d, u in zip(pts, down, up)])
-            vv, ss = evaluate(tt, xp.where(mask(down, lo_s), lo_s, hi_s))
-            for b in range(B):
-                if down[b]:
-                    pts[b].insert(0, (tt[b], vv[b]))
-                elif up[b]:
-                    pts[b].append((tt[b], vv[b]))
-            lo_s = xp.where(mask(down, ss), ss, lo_s)
-            hi_s = xp.where(mask(up, ss), ss, hi_s)
-        tb = np.array([_parabola_min(np.array([q[0] for q in p]), np.array([q[1] for q in p]))
-                       for p in pts])
-        near = np.argmin(np.abs(np.stack([t0 - step, t0, t0 + step], 1) - tb[:, None]), axis=1)
-        warm = xp.where(mask(near == 0, s0), sm, xp.where(mask(near == 1, s0), s0, sp))
-        return 10.0 ** tb, warm[:, 0]
+        return _corrected(t0, step, evaluate, sur_points, mask, xp)
     # discrepancy: secant on the log residual, which increases with lam
     tgt = np.asarray(target, f64)
     va, sa = evaluate(t0, None)
