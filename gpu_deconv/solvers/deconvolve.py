@@ -24,6 +24,7 @@ from .._validation import (
 )
 from ..operators import ConvolutionOperator
 from . import closed_form as cf
+from ._scaling import balance_scales, unscale
 from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2_scale
 from .precond import make_preconditioner
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
@@ -58,8 +59,17 @@ def per_image(name, v, batch, *, allow_zero=True, dtype=None):
         raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r}")
     if is_cupy_array(v):
         v = v.get()
+    if isinstance(v, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array (numpy.ma); masks are not supported: pass "
+                        f"{name}.filled(value) instead")
     try:
         # Only real numbers: np.asarray(v, float) would parse "1e-3" and drop 1j's imaginary part.
+        # Any numbers.Real (fractions.Fraction, ...) is a real number too, alone or in a list.
+        if isinstance(v, numbers.Real):
+            v = float(v)
+        elif isinstance(v, (list, tuple)) and v and all(
+                isinstance(e, numbers.Real) and not isinstance(e, bool) for e in v):
+            v = [float(e) for e in v]
         if np.asarray(v).dtype.kind not in "biuf":
             raise TypeError
         a = np.asarray(v, dtype=np.float64)
@@ -335,7 +345,8 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
 
     with quiet_fp():
         x, info = _memory.solve_in_chunks(prob, method, batch_size, solve, precondition=precondition)
-    if unsafe:  # a closed form whose output is bounded below overflow skips this pass
+        x = unscale(prob, x)
+    if unsafe or prob.x_exp:  # a closed form whose output is bounded below overflow skips this pass
         finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
     x = x.reshape(tuple(prob.batch) + tuple(prob.n))
     if not return_info and method == "cg":
@@ -405,6 +416,7 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     prob.lam, prob.alpha = lam_a.reshape(B), alpha_a.reshape(B)
     # Norms of the data (from the validation pass) bound a closed form's output.
     prob.y_sq, prob.z_sq = y_sq, z_sq
+    balance_scales(prob)  # kernels or data far from 1: exact power-of-two rescaling (x_exp)
     prob.use_reg = bool(np.any(lam_a > 0))
     prob.use_alpha = bool(np.any(alpha_a > 0))
     prob.A = ConvolutionOperator(prob.h, n, mode, boundary=boundary, convention=convention, ndim=nd)
@@ -478,7 +490,10 @@ def _solve_fft_fused(prob):
     lam = bk.xp.asarray(prob.lam.astype(wdt))
     alpha = bk.xp.asarray(prob.alpha.astype(wdt))
     dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
-    cf.check_extrema(bk.asnumpy(dmin), bk.asnumpy(dmax), np.finfo(wdt).eps, prob.lam, prob.alpha)
+    # Judged against the data term's scale max |H|^2 (as on the CPU), not the whole denominator's.
+    _, hmax = _cuda.spectral_extrema(H, None, 0 * lam, 0 * alpha, (prob.B,), ndim=nd)
+    cf.check_extrema(bk.asnumpy(dmin), cf.singularity_scale(bk.asnumpy(dmax), bk.asnumpy(hmax)),
+                     np.finfo(wdt).eps, prob.lam, prob.alpha)
     Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
     Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
     Y = _cuda.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
