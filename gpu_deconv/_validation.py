@@ -78,7 +78,7 @@ def as_array(bk, name, a):
     """
     xp = bk.xp
     if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
-        a = _plain_ndarray(name, a)
+        a = plain_ndarray(name, a)
     if isinstance(a, np.ndarray) or is_cupy_array(a):
         return a if bk.name != "cupy" or is_cupy_array(a) else xp.asarray(a)
     if isinstance(a, (str, bytes, dict, set)) or a is None:
@@ -95,7 +95,7 @@ def as_array(bk, name, a):
     raise TypeError(f"{name} must be an array of real numbers; got {type(a).__name__}")
 
 
-def _plain_ndarray(name, a):
+def plain_ndarray(name, a):
     """A NumPy subclass as a plain ndarray: np.matrix is converted, a masked array refused.
 
     np.matrix makes ``*`` a matrix product and keeps two axes after reductions,
@@ -104,8 +104,9 @@ def _plain_ndarray(name, a):
     as their fill values), which is a wrong answer, not a conversion.
     """
     if isinstance(a, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array (numpy.ma); masks are not supported: pass "
-                        f"{name}.filled(value) (or weights via your own model) instead")
+        raise TypeError(f"{name} is a masked array (numpy.ma); masks are not supported (masked "
+                        f"values would silently count as the values stored under them): pass "
+                        f"{name}.filled(value) or a plain array")
     if isinstance(a, np.matrix):
         return np.asarray(a)
     return a

@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._backend import is_cupy_array
-from ._validation import check_dtype_arg, check_mode_boundary_convention, check_ndim, float_dtype
+from ._validation import (
+    check_dtype_arg,
+    check_mode_boundary_convention,
+    check_ndim,
+    float_dtype,
+    plain_ndarray,
+)
 
 if TYPE_CHECKING:
     import dask.array
@@ -66,6 +72,8 @@ def _da():
 def _as_dask(da, name: str, a: Any) -> dask.array.Array:
     if isinstance(a, da.Array):
         return a
+    if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
+        a = plain_ndarray(name, a)  # np.matrix -> ndarray; a masked array is refused
     if isinstance(a, np.ndarray) or is_cupy_array(a):
         return da.from_array(a, chunks=a.shape, asarray=False)
     raise TypeError(f"{name} must be a dask, NumPy or CuPy array; got {type(a).__name__}")
@@ -121,6 +129,8 @@ def _per_image(da, name: str, v: Any, y, nb: int):
             raise ValueError(f"{name} must be a scalar or have the batch shape {batch} of the data "
                              f"(one value per image); got a dask array of shape {tuple(v.shape)}")
         return v.rechunk(y.chunks[:nb])
+    if isinstance(v, np.ma.MaskedArray):
+        plain_ndarray(name, v)  # raises: the mask would be dropped
     a = v.get() if is_cupy_array(v) else np.asarray(v, dtype=np.float64)
     try:
         a = np.broadcast_to(a, batch)

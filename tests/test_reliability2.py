@@ -116,6 +116,15 @@ def test_cg_rhs_overflow_is_the_overflow_error():
         assert rel(x / np.float32(3e38), ref) < 1e-2
 
 
+def test_cg_rhs_overflow_float32_alpha_z():
+    """b = A^T y + alpha z overflows float32: the overflow error, not x = 0 'not converged' (residual nan)."""
+    x = X.astype(np.float32)
+    h = (H / 12).astype(np.float32)
+    y = gd.convolve(x, h, "valid")
+    with pytest.raises(ValueError, match="overflows float32"):
+        gd.deconvolve(y, h, mode="valid", alpha=10.0, z=np.full(x.shape, 3e38, np.float32), return_info=True)
+
+
 # ------------------------------------------- 2, 5, 9. estimate_kernel: exact minimisers
 @pytest.mark.parametrize("n,k", [((5,), (8,)), ((6, 7), (9, 9)), ((4,), (11,)), ((3,), (7,))])
 @pytest.mark.parametrize("boundary", ["zero", "replicate"])
@@ -253,6 +262,20 @@ def test_dask_nan_chunk_names_its_block():
         with pytest.raises(ValueError, match=r"block \(2, 0\) \(images \(4, 0\)\.\.\(5, 2\) of the batch\)"
                                              r": . contains NaN or Inf"):
             lazy.compute(scheduler="sync")
+
+
+def test_dask_masked_and_matrix_inputs():
+    da = pytest.importorskip("dask.array")
+    import gpu_deconv.dask as gdd
+
+    y = RNG.random((4, 8, 8))
+    h = np.ones((3, 3)) / 9
+    with pytest.raises(TypeError, match="^y is a masked array"):
+        gdd.deconvolve(np.ma.masked_array(y), h, lam=1e-2)
+    with pytest.raises(TypeError, match="^x is a masked array"):
+        gdd.convolve(np.ma.masked_array(y), h)
+    with pytest.raises(TypeError, match="^lam is a masked array"):
+        gdd.deconvolve(da.from_array(y, chunks=(2, 8, 8)), h, lam=np.ma.masked_array([1e-2] * 4))
 
 
 # ------------------------------------------------------------------------ CLI

@@ -20,6 +20,7 @@ from .._validation import (
     check_ndim,
     check_positive,
     finite_result,
+    plain_ndarray,
     quiet_fp,
 )
 from ..operators import ConvolutionOperator
@@ -60,8 +61,7 @@ def per_image(name, v, batch, *, allow_zero=True, dtype=None):
     if is_cupy_array(v):
         v = v.get()
     if isinstance(v, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array (numpy.ma); masks are not supported: pass "
-                        f"{name}.filled(value) instead")
+        plain_ndarray(name, v)  # raises: the mask would be dropped
     try:
         # Only real numbers: np.asarray(v, float) would parse "1e-3" and drop 1j's imaginary part.
         # Any numbers.Real (fractions.Fraction, ...) is a real number too, alone or in a list.
