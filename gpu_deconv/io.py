@@ -190,15 +190,14 @@ def _check_declared_size(path: Path, shape: Sequence[int], dtype: np.dtype, *,
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    fmt = np.lib.format
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        version = fmt.read_magic(fh)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        header = read(fh) if read is not None else None  # other versions: np.load's own checks
         stored = os.fstat(fh.fileno()).st_size - fh.tell()
-    if not dtype.hasobject:
-        _check_declared_size(path, shape, dtype, stored=stored)
+    if header is not None and not header[2].hasobject:
+        _check_declared_size(path, header[0], header[2], stored=stored)
     return np.load(path, allow_pickle=False)
 
 

@@ -306,6 +306,19 @@ def test_cli_huge_header_is_named_and_the_batch_goes_on(tmp_path, capsys):
         assert os.path.exists(g.replace(".npy", "_conv.npy"))
 
 
+def test_declared_size_beyond_available_memory(tmp_path, monkeypatch):
+    """TIFF (compressed or not) and .npy: a declared size above the free memory is refused before reading."""
+    tifffile = pytest.importorskip("tifffile")
+    tif = tmp_path / "a.tif"
+    tifffile.imwrite(tif, np.zeros((5, 16, 16), np.float32), photometric="minisblack")
+    npy = _npy(tmp_path / "a.npy", np.zeros((16, 16)))
+    assert io.load(tif).data.shape == (5, 16, 16)
+    monkeypatch.setattr(io, "available_memory", lambda: 1000)
+    for p in (tif, npy):
+        with pytest.raises(io.ImageFileError, match=r"a\.(tif|npy).*more than .* of memory"):
+            io.load(p)
+
+
 def test_cli_memoryerror_in_one_file_is_per_file(tmp_path, capsys, monkeypatch):
     psf = _npy(tmp_path / "psf.npy", np.ones((3, 3)) / 9)
     good = _npy(tmp_path / "a.npy", RNG.random((12, 12)))

@@ -37,14 +37,16 @@ def _exponent(v):
 
 
 def balance_scales(prob):
-    """Rescale `prob` (a validated deconvolution problem) in place; sets ``prob.x_exp``.
+    """Rescale `prob` (a validated deconvolution problem) in place; sets ``prob.x_exp``, ``prob.lam_exp``.
 
     The answer of the rescaled problem times ``2 ** prob.x_exp`` is the answer
-    of the original one (:func:`unscale`). ``prob.x_exp = 0`` (and nothing
-    changed) when the kernel's and the data's magnitudes are within the band.
+    of the original one (:func:`unscale`); ``prob.lam`` and ``prob.alpha`` are
+    then in the rescaled units, ``2 ** prob.lam_exp`` times them in the
+    caller's. Both exponents are 0 (and nothing changed) when the kernel's and
+    the data's magnitudes are within the band.
     """
     xp, wdt = prob.bk.xp, np.dtype(prob.dtype)
-    prob.x_exp = 0
+    prob.x_exp = prob.lam_exp = 0
     band = _band(wdt)
     hmax = float(xp.abs(prob.h).max()) if prob.h.size else 0.0
     ec = 0
@@ -81,6 +83,7 @@ def balance_scales(prob):
         if prob.x0 is not None:
             prob.x0 = xp.ldexp(prob.x0, np.int32(shift)).astype(wdt, copy=False)
     prob.x_exp = ed - ec
+    prob.lam_exp = 2 * ec
     return prob
 
 
