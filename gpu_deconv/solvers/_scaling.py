@@ -23,7 +23,7 @@ import numpy as np
 
 from .._validation import sq_norm
 
-__all__ = ["balance_scales", "unscale"]
+__all__ = ["balance_scales", "scale_exponents", "unscale"]
 
 
 def _band(dtype):
@@ -34,6 +34,34 @@ def _band(dtype):
 def _exponent(v):
     """The power of two e with v / 2^e in [0.5, 1)."""
     return int(np.frexp(v)[1])
+
+
+def scale_exponents(xp, h, y, dtype, *, weights=(), y_sq=None):
+    """``(ec, ed)``: the powers of two to divide kernel(s) `h` and data `y` by (0 for no change).
+
+    Each is nonzero only when the largest magnitude is outside the band. The
+    weights (lam, alpha: arrays or scalars) become ``w / 4^ec``; `ec` is moved
+    towards 0 as far as needed to keep them finite (with room for ``lam' R``).
+    `y_sq` (``||y||^2``, when known) spares the pass over `y` when it shows
+    `y` within the band.
+    """
+    wdt = np.dtype(dtype)
+    band = _band(wdt)
+    hmax = float(xp.abs(h).max()) if h.size else 0.0
+    ec = 0
+    if hmax > 0 and not 2.0 ** -band <= hmax <= 2.0 ** band:
+        ec = _exponent(hmax)
+        ws = [float(np.max(w, initial=0.0)) for w in weights]
+        top = max(ws, default=0.0)
+        if top > 0:  # beyond, the data term is below rounding next to the regularizer anyway
+            ec = max(ec, int(np.ceil((np.log2(top) - (np.finfo(wdt).maxexp - 16)) / 2)))
+    ed = 0
+    known = y_sq is not None and np.isfinite(y_sq) and 2.0 ** (-2 * band) <= y_sq <= 2.0 ** (2 * band)
+    if y.size and not known:
+        ymax = float(xp.abs(y).max())
+        if ymax > 0 and not 2.0 ** -band <= ymax <= 2.0 ** band:
+            ed = _exponent(ymax)
+    return ec, ed
 
 
 def balance_scales(prob):
@@ -47,24 +75,7 @@ def balance_scales(prob):
     """
     xp, wdt = prob.bk.xp, np.dtype(prob.dtype)
     prob.x_exp = prob.lam_exp = 0
-    band = _band(wdt)
-    hmax = float(xp.abs(prob.h).max()) if prob.h.size else 0.0
-    ec = 0
-    if hmax > 0 and not 2.0 ** -band <= hmax <= 2.0 ** band:
-        ec = _exponent(hmax)
-        # lam' = lam / c^2 and alpha' = alpha / c^2 must stay finite (with room for
-        # lam' R): c is moved towards 1 as far as that needs. Beyond, the data term
-        # is below rounding next to the regularizer anyway.
-        top = max(float(np.max(prob.lam, initial=0.0)), float(np.max(prob.alpha, initial=0.0)))
-        if top > 0:
-            lo = int(np.ceil((np.log2(top) - (np.finfo(wdt).maxexp - 16)) / 2))
-            ec = max(ec, lo)
-    ed = 0
-    ysq = prob.y_sq
-    if not (np.isfinite(ysq) and 2.0 ** (-2 * band) <= ysq <= 2.0 ** (2 * band)) and prob.y.size:
-        ymax = float(xp.abs(prob.y).max())
-        if ymax > 0 and not 2.0 ** -band <= ymax <= 2.0 ** band:
-            ed = _exponent(ymax)
+    ec, ed = scale_exponents(xp, prob.h, prob.y, wdt, weights=(prob.lam, prob.alpha), y_sq=prob.y_sq)
     if ec == 0 and ed == 0:
         return prob
     if ec:
