@@ -304,6 +304,8 @@ def to_dtype(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
     array([  0,   8, 255], dtype=uint8)
     """
     dtype = np.dtype(dtype)
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError("data is a masked array (numpy.ma); pass data.filled(value)")
     data = np.asarray(data)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -473,6 +475,9 @@ def write_image(path: str | os.PathLike[str], data: np.ndarray, *, force: bool =
     fmt = format or format_of(p)
     if fmt not in EXTENSION:
         raise ImageFileError(f"format must be one of {sorted(EXTENSION)}; got {fmt!r}")
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError("data is a masked array (numpy.ma); an image file has no mask: pass "
+                        "data.filled(value) to write it")
     data = np.asarray(data)
     if fmt == "npy":
         def write(fh):

@@ -182,6 +182,14 @@ def test_masked_arrays_are_refused_naming_the_argument():
             call(m)
     with pytest.raises(TypeError, match="lam is a masked array"):
         gd.deconvolve(X, H, lam=np.ma.masked_array([1e-2], mask=[True]))
+    op = gd.ConvolutionOperator(H, X.shape)
+    for name, call, a in (("x", op.forward, X), ("y", op.adjoint, y_full), ("x", op.normal, X),
+                          ("z", lambda m: gd.deconvolve(X, H, alpha=1.0, z=m), X),
+                          ("x0", lambda m: gd.deconvolve(X, H, x0=m, method="cg"), X),
+                          ("h[0]", lambda m: gd.deconvolve(np.stack([X, X]), [m, H]), H),
+                          ("data", lambda m: io.to_dtype(m, np.uint8), X)):
+        with pytest.raises(TypeError, match=rf"^{name.replace('[', '.').replace(']', '.')} is a masked"):
+            call(np.ma.masked_array(a, mask=np.zeros(a.shape, bool)))
 
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
