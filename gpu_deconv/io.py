@@ -354,6 +354,8 @@ def _remove_stale_temporaries(dst: Path, parent: Path) -> None:
     writing process no longer exists. A live writer's temporary, another
     machine's (on a shared file system) or a file of any other name is left alone.
     """
+    if os.name != "posix":
+        return  # os.kill(pid, 0) probes a process only on POSIX (on Windows it would signal it)
     head = f".{dst.name}.gdtmp-{_host_tag()}-"
     try:
         entries = list(os.scandir(parent))
