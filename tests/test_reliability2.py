@@ -84,6 +84,24 @@ def test_deconvolve_extreme_scales_lam0(hs, ys, mode, boundary):
     assert rel(x * (hs / ys), ref) < (1e-12 if mode == "circular" else 1e-5)  # CG: rtol x conditioning
 
 
+@pytest.mark.parametrize("mode,boundary", [("circular", "periodic"), ("same", "zero")])
+def test_deconvolve_mixed_scales_in_one_batch(mode, boundary):
+    """Per-image kernels and images of wildly different magnitudes: each is rescaled on its own."""
+    h = H / H.sum()
+    y = gd.convolve(X, h, mode, boundary=boundary)
+    ref = gd.deconvolve(y, h, mode=mode, boundary=boundary, lam=1e-3, rtol=1e-10)
+    hs = np.array([1e-150, 1.0, 1e150, 1.0])  # lam * hs^2 representable: the same problem per image
+    ys = np.array([1.0, 1e306, 1.0, 1e-300])
+    Y = np.stack([y * v for v in ys])
+    x = gd.deconvolve(Y, [h * v for v in hs], mode=mode, boundary=boundary, lam=1e-3 * hs * hs, rtol=1e-10)
+    for b in range(4):
+        assert rel(x[b] * (hs[b] / ys[b]), ref) < (1e-10 if mode == "circular" else 1e-6), b
+    # one shared kernel, data from 1e-300 to 1e306: no image underflows to 0
+    x = gd.deconvolve(Y, h, mode=mode, boundary=boundary, lam=1e-3, rtol=1e-10)
+    for b in range(4):
+        assert rel(x[b] / ys[b], ref) < (1e-10 if mode == "circular" else 1e-6), b
+
+
 @pytest.mark.parametrize("hs,ys", [(1e-30, 1.0), (1e30, 1.0), (1.0, 1e38), (1.0, 1e-38), (1e-20, 1e-30),
                                    (1e20, 1e20)])
 @pytest.mark.parametrize("mode,boundary,lam", [("circular", "periodic", 0.0), ("same", "symmetric", 1e-2)])

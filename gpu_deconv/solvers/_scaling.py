@@ -36,72 +36,97 @@ def _exponent(v):
     return int(np.frexp(v)[1])
 
 
-def scale_exponents(xp, h, y, dtype, *, weights=(), y_sq=None):
-    """``(ec, ed)``: the powers of two to divide kernel(s) `h` and data `y` by (0 for no change).
+def _exponents(xp, a, nd, band):
+    """Per leading index of `a` (or one for all if `nd` == a.ndim): the power of two to divide by.
 
-    Each is nonzero only when the largest magnitude is outside the band. The
-    weights (lam, alpha: arrays or scalars) become ``w / 4^ec``; `ec` is moved
-    towards 0 as far as needed to keep them finite (with room for ``lam' R``).
-    `y_sq` (``||y||^2``, when known) spares the pass over `y` when it shows
-    `y` within the band.
+    0 where the largest magnitude is within [2^-band, 2^band] (or zero);
+    otherwise the e that brings it into [0.5, 1). Host int64 array.
+    """
+    m = xp.abs(a).max(axis=tuple(range(a.ndim - nd, a.ndim)))
+    amax = np.asarray(m.get() if hasattr(m, "get") else m, dtype=np.float64)  # CuPy: to the host
+    out = np.frexp(amax)[1].astype(np.int64)
+    return np.where((amax > 0) & ((amax < 2.0 ** -band) | (amax > 2.0 ** band)), out, 0)
+
+
+def scale_exponents(xp, h, y, nd, dtype, *, weights=(), y_sq=None):
+    """``(ec, ed)``: per image (shape (B,)), the powers of two to divide the kernel and the data by.
+
+    `h` is one kernel ``(*k)`` or one per image ``(B, *k)``; `y` is ``(B, *m)``.
+    Each exponent is nonzero only where the largest magnitude is outside the
+    band. The weights (lam, alpha: per-image arrays) become ``w / 4^ec``; `ec`
+    is moved towards 0 as far as needed to keep them finite (with room for
+    ``lam' R``); a shared kernel gets one `ec` for all. `y_sq` (``||y||^2``,
+    when known) spares the pass over `y` when it shows every image within the band.
     """
     wdt = np.dtype(dtype)
     band = _band(wdt)
-    hmax = float(xp.abs(h).max()) if h.size else 0.0
-    ec = 0
-    if hmax > 0 and not 2.0 ** -band <= hmax <= 2.0 ** band:
-        ec = _exponent(hmax)
-        ws = [float(np.max(w, initial=0.0)) for w in weights]
-        top = max(ws, default=0.0)
-        if top > 0:  # beyond, the data term is below rounding next to the regularizer anyway
-            ec = max(ec, int(np.ceil((np.log2(top) - (np.finfo(wdt).maxexp - 16)) / 2)))
-    ed = 0
+    B = y.shape[0]
+    ec = _exponents(xp, h, nd, band)
+    if np.any(ec != 0):
+        top = np.zeros(B)
+        for w in weights:
+            top = np.maximum(top, np.broadcast_to(np.asarray(w, dtype=np.float64), (B,)))
+        with np.errstate(divide="ignore"):
+            lo = np.ceil((np.log2(top) - (np.finfo(wdt).maxexp - 16)) / 2)
+        lo = np.where(top > 0, lo, -np.inf)
+        lo = lo if ec.ndim else lo.max(initial=-np.inf)
+        ec = np.where(ec != 0, np.maximum(ec, lo), 0).astype(np.int64)
+    ec = np.broadcast_to(ec, (B,))
     known = y_sq is not None and np.isfinite(y_sq) and 2.0 ** (-2 * band) <= y_sq <= 2.0 ** (2 * band)
-    if y.size and not known:
-        ymax = float(xp.abs(y).max())
-        if ymax > 0 and not 2.0 ** -band <= ymax <= 2.0 ** band:
-            ed = _exponent(ymax)
+    ed = np.zeros(B, np.int64) if known else _exponents(xp, y, nd, band)
     return ec, ed
+
+
+def _ldexp(xp, a, e, dtype):
+    """``a * 2**e`` with e per leading index (host ints), in `dtype`."""
+    e = np.asarray(e, dtype=np.int32)
+    if e.ndim:
+        e = e.reshape(e.shape + (1,) * (a.ndim - e.ndim))
+        e = xp.asarray(e) if xp is not np else e
+    else:
+        e = np.int32(e)
+    return xp.ldexp(a, e).astype(dtype, copy=False)
 
 
 def balance_scales(prob):
     """Rescale `prob` (a validated deconvolution problem) in place; sets ``prob.x_exp``, ``prob.lam_exp``.
 
-    The answer of the rescaled problem times ``2 ** prob.x_exp`` is the answer
-    of the original one (:func:`unscale`); ``prob.lam`` and ``prob.alpha`` are
-    then in the rescaled units, ``2 ** prob.lam_exp`` times them in the
-    caller's. Both exponents are 0 (and nothing changed) when the kernel's and
-    the data's magnitudes are within the band.
+    The answer of the rescaled problem, image b, times ``2 ** prob.x_exp[b]`` is
+    the answer of the original one (:func:`unscale`); ``prob.lam`` and
+    ``prob.alpha`` are then in the rescaled units, ``2 ** prob.lam_exp`` times
+    them in the caller's. Both are 0 (and nothing changed) when every kernel's
+    and image's magnitude is within the band.
     """
-    xp, wdt = prob.bk.xp, np.dtype(prob.dtype)
+    xp, wdt, nd = prob.bk.xp, np.dtype(prob.dtype), prob.ndim
     prob.x_exp = prob.lam_exp = 0
-    ec, ed = scale_exponents(xp, prob.h, prob.y, wdt, weights=(prob.lam, prob.alpha), y_sq=prob.y_sq)
-    if ec == 0 and ed == 0:
+    shared = prob.h.ndim == nd  # one kernel for the batch
+    ec, ed = scale_exponents(xp, prob.h, prob.y, nd, wdt, weights=(prob.lam, prob.alpha), y_sq=prob.y_sq)
+    if not (ec.any() or ed.any()):
         return prob
-    if ec:
-        prob.h = xp.ldexp(prob.h, np.int32(-ec)).astype(wdt, copy=False)
+    if ec.any():
+        prob.h = _ldexp(xp, prob.h, -ec[0] if shared else -ec, wdt)
         with np.errstate(under="ignore"):  # a lam' below the smallest float is 0 next to |H'|^2
             prob.lam = np.ldexp(prob.lam, -2 * ec)
             prob.alpha = np.ldexp(prob.alpha, -2 * ec)
-    if ed:
-        prob.y = xp.ldexp(prob.y, np.int32(-ed)).astype(wdt, copy=False)
+    if ed.any():
+        prob.y = _ldexp(xp, prob.y, -ed, wdt)
         prob.y_sq = sq_norm(xp, xp.ascontiguousarray(prob.y))
     shift = ec - ed  # z' = (c / d) z, x0' = (c / d) x0
-    if shift:
+    if shift.any():
         if prob.z is not None:
-            prob.z = xp.ldexp(prob.z, np.int32(shift)).astype(wdt, copy=False)
+            prob.z = _ldexp(xp, prob.z, shift, wdt)
             prob.z_sq = sq_norm(xp, xp.ascontiguousarray(prob.z))
         if prob.x0 is not None:
-            prob.x0 = xp.ldexp(prob.x0, np.int32(shift)).astype(wdt, copy=False)
+            prob.x0 = _ldexp(xp, prob.x0, shift, wdt)
     prob.x_exp = ed - ec
     prob.lam_exp = 2 * ec
     return prob
 
 
 def unscale(prob, x):
-    """The original problem's answer from the rescaled one's (inf where it overflows)."""
+    """The original problem's answer (shape (B, ...)) from the rescaled one's (inf where it overflows)."""
     e = getattr(prob, "x_exp", 0)
-    if not e:
+    if not np.any(e):
         return x
     with np.errstate(over="ignore", under="ignore"):
-        return prob.bk.xp.ldexp(x, np.int32(e)).astype(x.dtype, copy=False)
+        return _ldexp(prob.bk.xp, x, e, x.dtype)

@@ -346,7 +346,7 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
     with quiet_fp():
         x, info = _memory.solve_in_chunks(prob, method, batch_size, solve, precondition=precondition)
         x = unscale(prob, x)
-    if unsafe or prob.x_exp:  # a closed form whose output is bounded below overflow skips this pass
+    if unsafe or np.any(prob.x_exp):  # a closed form whose output is bounded below overflow skips this pass
         finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
     x = x.reshape(tuple(prob.batch) + tuple(prob.n))
     if not return_info and method == "cg":
