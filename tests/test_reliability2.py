@@ -379,6 +379,23 @@ def test_cli_memoryerror_in_one_file_is_per_file(tmp_path, capsys, monkeypatch):
     assert os.path.exists(good.replace(".npy", "_conv.npy"))
 
 
+def test_cli_unnormalized_tiny_psf(tmp_path):
+    """--no-normalize-psf with a PSF near 1e-170: the blur is 1e-170 times the normalised one, not zeros."""
+    h = gaussian_kernel(5, 1.0)
+    psf = _npy(tmp_path / "psf.npy", h * 1e-170)
+    img = _npy(tmp_path / "a.npy", RNG.random((12, 12)))
+    assert main(["convolve", img, "--psf", psf, "--no-normalize-psf", "-q"]) == 0
+    out = np.load(img.replace(".npy", "_conv.npy"))
+    ref = gd.convolve(np.load(img), h, "same", boundary="symmetric")
+    assert rel(out / 1e-170, ref) < 1e-12
+    # circular blur and lam = 0: deconvolution gives the image back (a zero answer before the fix)
+    assert main(["convolve", img, "--psf", psf, "--no-normalize-psf", "--mode", "circular", "-q",
+                 "-o", str(tmp_path / "c.npy")]) == 0
+    assert main(["deconvolve", str(tmp_path / "c.npy"), "--psf", psf, "--no-normalize-psf", "--lam", "0",
+                 "--mode", "circular", "-q", "-o", str(tmp_path / "d.npy")]) == 0
+    assert rel(np.load(tmp_path / "d.npy"), np.load(img)) < 1e-8
+
+
 def test_cli_0d_psf_is_a_usage_error(tmp_path, capsys):
     psf = _npy(tmp_path / "psf.npy", np.array(2.0))
     img = _npy(tmp_path / "a.npy", RNG.random((12, 12)))
