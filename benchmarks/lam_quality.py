@@ -31,7 +31,7 @@ import gpu_deconv as gd
 from gpu_deconv.data import gaussian_kernel
 
 DEV = ("camera",)
-HELD_OUT = ("astronaut", "coffee", "chelsea")
+HELD_OUT = ("astronaut", "coffee")
 
 
 def motion_kernel(length=13, angle_deg=30.0, size=None):
@@ -101,14 +101,18 @@ def kw(mode):
 
 
 def oracle(y, h, mode, xt):
+    state = {"x0": None}
+
     def score(lam):
-        xe = gd.deconvolve(y, h, lam=lam, **kw(mode))
+        # from large lam down, each solve warm-started from the last (rtol 1e-5 is plenty for a PSNR)
+        xe = gd.deconvolve(y, h, lam=lam, x0=state["x0"], **dict(kw(mode), rtol=1e-5))
+        state["x0"] = xe
         return psnr(estimate_on_data_domain(xe, h, mode), xt)
 
-    grid = 10.0 ** np.arange(-4.5, 0.01, 0.25)
+    grid = 10.0 ** np.arange(0, -4.51, -0.25)
     s = [score(t) for t in grid]
     j = int(np.argmax(s))
-    fine = grid[j] * 10.0 ** (np.arange(-3, 4) / 16)
+    fine = grid[j] * 10.0 ** (np.arange(3, -4, -1) / 16)
     sf = [score(t) for t in fine]
     k = int(np.argmax(sf))
     return (fine[k], sf[k]) if sf[k] >= s[j] else (grid[j], s[j])

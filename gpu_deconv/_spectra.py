@@ -32,12 +32,27 @@ def separable_terms(h, max_rank=MAX_RANK, dtype=np.float64):
     `max_rank` (SVD); any number of axes at rank 1 (all unfoldings rank 1).
     """
     h = np.asarray(h, dtype=np.float64)
-    nrm = np.linalg.norm(h)
-    if nrm == 0:
+    amax = float(np.abs(h).max(initial=0.0))
+    if amax == 0:
         return [[np.zeros(s) for s in h.shape]]
-    tol = 8 * np.finfo(dtype).eps * nrm * max(1.0, np.sqrt(h.size))
     if h.ndim == 1:
         return [[h.copy()]]
+    # The norms and the SVD below work on h scaled by an exact power of two into
+    # [0.5, 1): unscaled, ||h|| underflows to 0 for kernels near 1e-170 (the kernel
+    # would read as all zeros) and overflows to inf near 1e155 (every rank-1
+    # approximation would pass the test). The first factor carries the scale back.
+    e = int(np.frexp(amax)[1])
+    terms = _separable_scaled(np.ldexp(h, -e), max_rank, dtype)
+    if terms is not None:
+        for t in terms:
+            t[0] = np.ldexp(t[0], e)
+    return terms
+
+
+def _separable_scaled(h, max_rank, dtype):
+    """:func:`separable_terms` of a kernel whose largest magnitude is in [0.5, 1)."""
+    nrm = np.linalg.norm(h)
+    tol = 8 * np.finfo(dtype).eps * nrm * max(1.0, np.sqrt(h.size))
     if h.ndim == 2:
         U, S, Vt = np.linalg.svd(h, full_matrices=False)
         for r in range(1, min(max_rank, len(S)) + 1):
@@ -135,7 +150,7 @@ def kernel_power(bk, h, grid, dtype):
                    enumerate(zip(term, grid))] for term in terms]
             if len(fs) == 1:
                 return _outer(xp, [np.abs(f) ** 2 for f in fs[0]], dtype)
-            if all(np.abs(f.imag).max() <= 1e-12 * max(np.abs(f).max(), 1e-300) for t in fs for f in t):
+            if all(np.abs(f.imag).max() <= 1e-12 * np.abs(f).max() for t in fs for f in t):
                 g = None
                 for t in fs:
                     o = _outer(xp, [f.real for f in t], dtype)
@@ -170,11 +185,28 @@ def weighted_power(bk, terms, grid, dtype):
     spec = tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
     R = None
     for w, g in terms:
-        P = bk.xp.ones(spec, dtype=dtype) if g is None else kernel_power(bk, g, grid, dtype)
+        P = bk.xp.ones(spec, dtype=dtype) if g is None else _clean_power(bk, kernel_power(bk, g, grid, dtype),
+                                                                          g, dtype)
         if w != 1:
             P = w * P
         R = P if R is None else R + P
     return R
+
+
+def _clean_power(bk, P, g, dtype):
+    """``|G|^2`` with the values at G's rounding level set to the exact 0 they stand for.
+
+    A regularizer's zeros (the Laplacian's and the gradient's at frequency 0)
+    come out of a transform as rounding noise, about ``eps * sum|g|`` in G.
+    Multiplied by a large lam that noise would dominate the denominator
+    ``|H|^2 + lam |G|^2`` there (lam = 1e300 turned the answer's mean into
+    1e-270); as 0 it leaves the data term in charge, as the exact system does.
+    """
+    floor = 16 * np.finfo(dtype).eps * float(bk.xp.abs(g).sum())
+    floor *= floor
+    if floor > 0:
+        P = bk.xp.where(P <= floor, 0, P).astype(P.dtype, copy=False)
+    return P
 
 
 def _axis_transform(v, G, shift, last):

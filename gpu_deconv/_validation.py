@@ -77,6 +77,8 @@ def as_array(bk, name, a):
     (None, strings, mappings, objects) is a TypeError.
     """
     xp = bk.xp
+    if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
+        a = plain_ndarray(name, a)
     if isinstance(a, np.ndarray) or is_cupy_array(a):
         return a if bk.name != "cupy" or is_cupy_array(a) else xp.asarray(a)
     if isinstance(a, (str, bytes, dict, set)) or a is None:
@@ -91,6 +93,23 @@ def as_array(bk, name, a):
                             f"of dtype {arr.dtype}")
         return xp.asarray(arr) if bk.name == "cupy" else arr
     raise TypeError(f"{name} must be an array of real numbers; got {type(a).__name__}")
+
+
+def plain_ndarray(name, a):
+    """A NumPy subclass as a plain ndarray: np.matrix is converted, a masked array refused.
+
+    np.matrix makes ``*`` a matrix product and keeps two axes after reductions,
+    so code written for arrays fails deep inside; its data is an ordinary 2-D
+    array. A masked array's mask would be dropped silently (masked pixels read
+    as their fill values), which is a wrong answer, not a conversion.
+    """
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array (numpy.ma); masks are not supported (masked "
+                        f"values would silently count as the values stored under them): pass "
+                        f"{name}.filled(value) or a plain array")
+    if isinstance(a, np.matrix):
+        return np.asarray(a)
+    return a
 
 
 def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=True, norm=False):

@@ -275,6 +275,8 @@ def _load_psf(path: str, normalize: bool) -> np.ndarray:
     h = img.data.astype(np.float64)
     if img.colour:
         h = h.mean(axis=-1)
+    if h.ndim == 0:
+        raise UsageError(f"--psf {path}: is a single number (a 0-d array); a PSF needs at least one axis")
     if not all_finite(np, h):
         raise UsageError(f"--psf {path}: contains NaN or infinite values")
     if normalize:
@@ -410,6 +412,10 @@ def _read_job(args, job: _Job, transform: _Transform, rep: _Reporter, stats: _St
             io._check_pil_shape(job.dst, job.fmt, _Shape(out_shape, job.out_dtype), img.colour)
     except (io.ImageFileError, ValueError) as exc:
         _fail(rep, stats, job, str(exc) if str(exc).startswith(str(job.src)) else f"{job.src}: {exc}")
+        return None
+    except MemoryError:
+        # One file too large for this machine must not stop the batch (nor go unnamed).
+        _fail(rep, stats, job, f"{job.src}: too large to read into memory (MemoryError); skipped")
         return None
     job.image = img
     return data.reshape((-1,) + spatial)
@@ -796,9 +802,9 @@ def _cpu_name() -> str:
 def _add_model_args(p: argparse.ArgumentParser, *, mode_default: str = "same") -> None:
     p.add_argument("--mode", choices=MODES, default=mode_default,
                    help="data model / output window (default: %(default)s)")
-    p.add_argument("--boundary", choices=BOUNDARIES, default="symmetric",
-                   help="how the image is extended beyond its edges (default: %(default)s, which suits "
-                        "camera images; the library's default is zero)")
+    p.add_argument("--boundary", choices=BOUNDARIES, default=None,
+                   help="how the image is extended beyond its edges (default: symmetric, which suits "
+                        "camera images, or periodic with --mode circular; the library's default is zero)")
     p.add_argument("--convention", choices=CONVENTIONS, default="scipy",
                    help="origin of 'same' for even kernels: SciPy or MATLAB conv2 (default: %(default)s)")
 
@@ -939,6 +945,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{PROG} {args.command}"
+    if getattr(args, "boundary", "") is None:
+        # Not chosen: circular is periodic by definition, every other mode gets the camera default.
+        args.boundary = "periodic" if args.mode == "circular" else "symmetric"
+    elif getattr(args, "mode", None) == "circular" and args.boundary not in ("zero", "periodic"):
+        print(f"{prog}: error: --mode circular is periodic by definition; --boundary {args.boundary} "
+              "contradicts it (omit --boundary, or give periodic)", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except UsageError as exc:

@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._backend import is_cupy_array
-from ._validation import check_dtype_arg, check_mode_boundary_convention, check_ndim, float_dtype
+from ._validation import (
+    check_dtype_arg,
+    check_mode_boundary_convention,
+    check_ndim,
+    float_dtype,
+    plain_ndarray,
+)
 from .solvers.lam import CRITERIA
 
 if TYPE_CHECKING:
@@ -68,6 +74,8 @@ def _da():
 def _as_dask(da, name: str, a: Any) -> dask.array.Array:
     if isinstance(a, da.Array):
         return a
+    if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
+        a = plain_ndarray(name, a)  # np.matrix -> ndarray; a masked array is refused
     if isinstance(a, np.ndarray) or is_cupy_array(a):
         return da.from_array(a, chunks=a.shape, asarray=False)
     raise TypeError(f"{name} must be a dask, NumPy or CuPy array; got {type(a).__name__}")
@@ -123,6 +131,8 @@ def _per_image(da, name: str, v: Any, y, nb: int):
             raise ValueError(f"{name} must be a scalar or have the batch shape {batch} of the data "
                              f"(one value per image); got a dask array of shape {tuple(v.shape)}")
         return v.rechunk(y.chunks[:nb])
+    if isinstance(v, np.ma.MaskedArray):
+        plain_ndarray(name, v)  # raises: the mask would be dropped
     a = v.get() if is_cupy_array(v) else np.asarray(v, dtype=np.float64)
     try:
         a = np.broadcast_to(a, batch)
@@ -148,14 +158,55 @@ def _image_arg(da, name: str, v: Any, y, nb: int, n: tuple[int, ...]):
     return v.rechunk(y.chunks[:nb] + tuple((s,) for s in n))
 
 
+def _in_block(fn, where):
+    """Run ``fn()``; an error names the chunk it came from (block index and batch images).
+
+    Without this a NaN in one chunk of a large stack reads "y contains NaN or
+    Inf", with nothing to say which images to look at.
+    """
+    try:
+        return fn()
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        if where is None:
+            raise
+        try:
+            new = type(exc)(f"{where()}: {exc}")
+        except Exception:  # an exception type that does not take one message
+            raise exc from None
+        raise new from exc
+
+
+def _block_where(name, chunks, batch, first, last):
+    """'y block (0, 3) (images (6, 0)..(7, 1) of the batch)': a chunk by block index and its images."""
+    first = tuple(int(v) for v in np.unravel_index(int(first), batch))
+    last = tuple(int(v) for v in np.unravel_index(int(last), batch))
+    loc = tuple(int(np.searchsorted(np.cumsum(c), s, side="right")) for s, c in zip(first, chunks))
+    span = f"image {first}" if first == last else f"images {first}..{last}"
+    return f"{name} block {loc} ({span} of the batch)"
+
+
+def _image_index(da, y, nb):
+    """Flat batch index of every image, chunked like y's batch axes (for error messages)."""
+    batch = tuple(y.shape[:nb])
+    return da.arange(int(np.prod(batch)), chunks=-1).reshape(batch).rechunk(y.chunks[:nb])
+
+
 # Block functions: module-level so that distributed workers unpickle them by reference.
-def _deconvolve_block(yb, *blocks, h, names, kwargs, with_info):
+def _deconvolve_block(yb, *blocks, h, names, kwargs, with_info, chunks=None):
     from .solvers.deconvolve import deconvolve
 
-    kw = dict(kwargs, **dict(zip(names, blocks)))
+    kw = dict(kwargs, **dict(zip(names, blocks[:len(names)])))
+    where = None
+    if chunks is not None:  # one more block: the flat batch index of each image of the chunk
+        idx = np.ravel(blocks[len(names)])
+        batch = tuple(int(sum(c)) for c in chunks)
+
+        def where():
+            return _block_where("y", chunks, batch, idx[0], idx[-1])
+
     if not with_info:
-        return deconvolve(yb, h, **kw)
-    x, info = deconvolve(yb, h, return_info=True, **kw)
+        return _in_block(lambda: deconvolve(yb, h, **kw), where)
+    x, info = _in_block(lambda: deconvolve(yb, h, return_info=True, **kw), where)
     rec = np.zeros(np.shape(info.converged), INFO_DTYPE)
     rec["method"] = info.method
     for f in ("iterations", "residual", "converged", "breakdown", "stagnated", "lam"):
@@ -263,13 +314,18 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
         if v is not None:
             args += [_image_arg(da, name, v, y, nb, n), bidx + zidx]
             names.append(name)
+    chunks = None
+    if nb:  # errors inside a chunk name it: its block index and images
+        args += [_image_index(da, y, nb), bidx]
+        chunks = tuple(y.chunks[:nb])
     if not return_info:
         return da.blockwise(_deconvolve_block, bidx + sidx, *args, h=h, names=tuple(names), kwargs=kw,
-                            with_info=False, adjust_chunks={c: (s,) for c, s in zip(sidx, n)},
-                            concatenate=True, dtype=wdt, meta=_meta(y, wdt))
+                            with_info=False, chunks=chunks,
+                            adjust_chunks={c: (s,) for c, s in zip(sidx, n)}, concatenate=True,
+                            dtype=wdt, meta=_meta(y, wdt))
     both = da.blockwise(_deconvolve_block, bidx + sidx, *args, h=h, names=tuple(names), kwargs=kw,
-                        with_info=True, adjust_chunks={c: 1 for c in bidx + sidx}, concatenate=True,
-                        dtype=object, meta=np.empty((0,) * y.ndim, dtype=object))
+                        with_info=True, chunks=chunks, adjust_chunks={c: 1 for c in bidx + sidx},
+                        concatenate=True, dtype=object, meta=np.empty((0,) * y.ndim, dtype=object))
     x = both.map_blocks(_pick, 0, chunks=y.chunks[:nb] + tuple((s,) for s in n), dtype=wdt,
                         meta=_meta(y, wdt))
     info = both.map_blocks(_pick, 1, drop_axis=list(range(nb, y.ndim)), chunks=y.chunks[:nb],
@@ -277,11 +333,22 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
     return x, info
 
 
-def _convolve_block(xb, *, h, kwargs, correlate):
+def _convolve_block(xb, *, h, kwargs, correlate, nb=0, block_info=None):
     from .conv import convolve as conv
     from .conv import correlate as corr
 
-    return (corr if correlate else conv)(xb, h, **kwargs)
+    where = None
+    if nb and block_info is not None and 0 in block_info:
+        info = block_info[0]
+
+        def where():
+            loc = tuple(info["chunk-location"][:nb])
+            first = tuple(int(a) for a, _ in info["array-location"][:nb])
+            last = tuple(int(b) - 1 for _, b in info["array-location"][:nb])
+            span = f"image {first}" if first == last else f"images {first}..{last}"
+            return f"x block {loc} ({span} of the batch)"
+
+    return _in_block(lambda: (corr if correlate else conv)(xb, h, **kwargs), where)
 
 
 def _map_conv(x, h, mode, boundary, convention, ndim, dtype, correlate):
@@ -297,7 +364,7 @@ def _map_conv(x, h, mode, boundary, convention, ndim, dtype, correlate):
     out = ConvolutionOperator(np.zeros(h.shape), x.shape[nb:], mode, boundary=boundary,
                               convention=convention).spatial_out_shape
     wdt = float_dtype("x", x.dtype, check_dtype_arg(dtype))
-    return x.map_blocks(_convolve_block, h=h, correlate=correlate,
+    return x.map_blocks(_convolve_block, h=h, correlate=correlate, nb=nb,
                         kwargs=dict(mode=mode, boundary=boundary, convention=convention, ndim=nd,
                                     dtype=dtype),
                         chunks=x.chunks[:nb] + tuple((s,) for s in out), dtype=wdt, meta=_meta(x, wdt))

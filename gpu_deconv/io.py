@@ -150,6 +150,57 @@ def _one_line(exc: BaseException) -> str:
     return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_declared_size(path: Path, shape: Sequence[int], dtype: np.dtype, *,
+                         stored: int | None = None) -> None:
+    """Refuse a file whose header declares more data than it holds, or than memory can take.
+
+    A header is only a claim: a corrupt or hostile file can declare a shape of
+    terabytes, and reading it would raise MemoryError (or exhaust the machine)
+    instead of naming the file. `stored` is the number of data bytes the file
+    holds, for uncompressed formats.
+    """
+    count = 1
+    for d in shape:
+        count *= int(d)
+    nbytes = count * np.dtype(dtype).itemsize
+    if stored is not None and nbytes > stored:
+        raise ImageFileError(f"{path}: the header declares shape {tuple(shape)} {np.dtype(dtype)} "
+                             f"({nbytes} bytes) but the file holds {stored} bytes of data "
+                             "(truncated or corrupt)")
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise ImageFileError(f"{path}: the header declares shape {tuple(shape)} {np.dtype(dtype)} "
+                             f"({nbytes / 2**30:.3g} GiB), more than the {avail / 2**30:.3g} GiB of memory "
+                             "available: not read")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        version = fmt.read_magic(fh)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        header = read(fh) if read is not None else None  # other versions: np.load's own checks
+        stored = os.fstat(fh.fileno()).st_size - fh.tell()
+    if header is not None and not header[2].hasobject:
+        _check_declared_size(path, header[0], header[2], stored=stored)
+    return np.load(path, allow_pickle=False)
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
     tifffile = _require("tiff", "reading")
     with tifffile.TiffFile(path) as tif:
@@ -161,6 +212,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
             raise ImageFileError(f"{path}: the TIFF holds {len(series)} image series of different shapes "
                                  f"({shapes}); only single-series files are supported")
         s = series[0]
+        _check_declared_size(path, s.shape, s.dtype)
         data = s.asarray()
         colour = s.axes.endswith("S") and data.shape[-1] in (3, 4)
     return data, colour
@@ -216,7 +268,7 @@ def load(path: str | os.PathLike[str], *, gray: bool = False) -> ImageFile:
         raise ImageFileError(f"{p}: is a directory, not an image file")
     try:
         if fmt == "npy":
-            data, colour = np.load(p, allow_pickle=False), False
+            data, colour = _read_npy(p), False
         elif fmt == "tiff":
             data, colour = _read_tiff(p)
         else:
@@ -252,6 +304,8 @@ def to_dtype(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
     array([  0,   8, 255], dtype=uint8)
     """
     dtype = np.dtype(dtype)
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError("data is a masked array (numpy.ma); pass data.filled(value)")
     data = np.asarray(data)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -269,6 +323,59 @@ def _umask() -> int:
 
 def _exists(dst: Path) -> OutputExistsError:
     return OutputExistsError(f"{dst} exists (use --force / force=True to overwrite)")
+
+
+def _host_tag() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
+
+
+def _tmp_prefix(name: str, pid: int) -> str:
+    """``.NAME.gdtmp-HOST-PID.``: a temporary of ours names the process (and machine) writing it."""
+    return f".{name}.gdtmp-{_host_tag()}-{pid}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its file
+    return True
+
+
+def _remove_stale_temporaries(dst: Path, parent: Path) -> None:
+    """Delete temporaries of `dst` left by a writer that was killed (SIGKILL, power loss).
+
+    Only files that are provably such leftovers go: named by :func:`_tmp_prefix`
+    for `dst` on this machine, owned by this user, a regular file, and whose
+    writing process no longer exists. A live writer's temporary, another
+    machine's (on a shared file system) or a file of any other name is left alone.
+    """
+    if os.name != "posix":
+        return  # os.kill(pid, 0) probes a process only on POSIX (on Windows it would signal it)
+    head = f".{dst.name}.gdtmp-{_host_tag()}-"
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for e in entries:
+        name = e.name
+        if not (name.startswith(head) and name.endswith(".tmp")):
+            continue
+        pid_text = name[len(head):].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not e.is_file(follow_symlinks=False) or (uid is not None and st.st_uid != uid):
+                continue
+            os.unlink(e.path)
+        except OSError:
+            continue
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *,
@@ -299,7 +406,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     if not force and dst.exists():
         raise _exists(dst)
     parent = dst.parent if str(dst.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+    _remove_stale_temporaries(dst, parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(dst.name, os.getpid()), suffix=".tmp", dir=parent)
     os.close(fd)  # reopened by name: some writers (tifffile) want a named file handle
     try:
         with open(tmp, "wb") as fh:
@@ -369,6 +477,9 @@ def write_image(path: str | os.PathLike[str], data: np.ndarray, *, force: bool =
     fmt = format or format_of(p)
     if fmt not in EXTENSION:
         raise ImageFileError(f"format must be one of {sorted(EXTENSION)}; got {fmt!r}")
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError("data is a masked array (numpy.ma); an image file has no mask: pass "
+                        "data.filled(value) to write it")
     data = np.asarray(data)
     if fmt == "npy":
         def write(fh):

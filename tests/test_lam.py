@@ -288,3 +288,24 @@ def test_discrepancy_unattainable_sigma_falls_back_to_gcv(rng, mode, boundary):
                                                             reg="laplacian")), rel=1e-9)
     with pytest.warns(gd.LamSelectionWarning, match="largest lam"):
         gd.choose_lam(y, h, "discrepancy", noise_sigma=1e3, mode=mode, boundary=boundary, reg="laplacian")
+
+
+@pytest.mark.parametrize("mode", ["circular", "same"])
+def test_chosen_lam_follows_kernel_and_data_scale(rng, mode):
+    """h -> c h, y -> d y: the chosen lam becomes c^2 lam (x -> d/c x), also far outside float range."""
+    n = (32, 30)
+    h = gaussian_kernel(7, 1.5)
+    y = gd.convolve(scene(n), h, mode) + 0.02 * rng.standard_normal(n)
+    lam, x = None, None
+    # (c^2 lam and d/c x must stay float64 numbers)
+    for c, d in ((1.0, 1.0), (2.0 ** -300, 1.0), (2.0 ** 300, 2.0 ** -300)):
+        xs, info = gd.deconvolve(y * d, h * c, mode=mode, lam="gcv", reg="laplacian", return_info=True)
+        if lam is None:
+            lam, x = float(info.lam), xs
+            continue
+        assert float(info.lam) == pytest.approx(lam * c * c, rel=1e-9)
+        np.testing.assert_allclose(xs * (c / d), x, rtol=1e-9, atol=1e-9 * np.abs(x).max())
+    s = gd.choose_lam(y * 2.0 ** -700, h, "discrepancy", noise_sigma=0.02 * 2.0 ** -700, mode=mode,
+                      reg="laplacian")
+    assert float(s) == pytest.approx(float(gd.choose_lam(y, h, "discrepancy", noise_sigma=0.02, mode=mode,
+                                                         reg="laplacian")), rel=1e-9)

@@ -16,7 +16,7 @@ import numpy as np
 from .. import _cuda
 from .._backend import get_backend, is_cupy_array
 from .._typing import Array, ArrayLike
-from .._validation import as_float_array, check_positive, finite_result, quiet_fp
+from .._validation import all_finite, as_float_array, check_positive, finite_result, quiet_fp
 
 __all__ = ["cg", "SolveInfo", "ConvergenceWarning"]
 
@@ -174,6 +174,12 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     xp = bk.xp
     batch = b.shape[:b.ndim - nd]
     expand = (Ellipsis,) + (None,) * nd
+    if not all_finite(xp, b):
+        # b was formed from finite inputs (deconvolve's A^T y + alpha z): an
+        # overflow. Iterating on it would stop at once with x = 0, "not converged".
+        raise ValueError(f"the right-hand side of the normal equations overflows {b.dtype}: the "
+                         "magnitudes of the data and the operator (y, h, alpha, z) are too large for the "
+                         "working precision; rescale them (or pass dtype=float64)")
     scale = pow2_scale(xp, b, nd)[expand]
     b = xp.ascontiguousarray(b * scale)
     if x0 is not None:

@@ -25,16 +25,36 @@ class SingularSystemError(ValueError):
     """The normal equations are singular to working precision."""
 
 
-def _check_denominator(bk, den, ndim, lam, alpha):
-    """Refuse a (numerically) singular diagonal: min <= eps * max, per image."""
+def _check_denominator(bk, den, ndim, lam, alpha, data=None):
+    """Refuse a (numerically) singular diagonal, per image: ``min <= eps * scale``.
+
+    `data` is the data term (``|H|^2``, or the squared DCT eigenvalues) of the
+    denominator: its largest value is the scale to which the computed values
+    are exact (a transform's rounding is relative to the largest coefficient),
+    so a denominator below eps times it is zero to working precision where the
+    regularizer does not lift it. Without `data` the scale is the largest
+    denominator itself, which is stricter.
+    """
     axes = tuple(range(-ndim, 0))
     dmin = bk.asnumpy(den.min(axis=axes)).ravel()
     dmax = bk.asnumpy(den.max(axis=axes)).ravel()
     nimg = np.asarray(lam).size
     if dmin.size == 1 and nimg > 1:  # a denominator shared by every image
         dmin, dmax = np.repeat(dmin, nimg), np.repeat(dmax, nimg)
-    check_extrema(dmin, dmax, np.finfo(den.dtype).eps, lam, alpha)
+    scale = dmax if data is None else singularity_scale(dmax, bk.asnumpy(data.max(axis=axes)).ravel())
+    check_extrema(dmin, scale, np.finfo(den.dtype).eps, lam, alpha)
     return float(dmin.min())
+
+
+def singularity_scale(dmax, data_max):
+    """Per image, what the smallest denominator is judged against: ``max |H|^2``.
+
+    The largest denominator where the data term is zero (a zero kernel), and
+    wherever it is not finite (so that check_extrema reports the overflow).
+    """
+    dmax = np.asarray(dmax, dtype=np.float64).ravel()
+    data_max = np.broadcast_to(np.asarray(data_max, dtype=np.float64).ravel(), dmax.shape)
+    return np.where((data_max > 0) & np.isfinite(dmax), data_max, dmax)
 
 
 def check_extrema(dmin, dmax, eps, lam, alpha):
@@ -42,8 +62,20 @@ def check_extrema(dmin, dmax, eps, lam, alpha):
 
     Shared by the NumPy path above and the GPU path, which reduces the
     denominator on the device and brings back only these two numbers per image.
+    `dmax` is the scale the smallest denominator is judged against: the
+    largest data term ``max |H|^2`` (the NumPy and GPU solvers), or the largest
+    denominator (stricter). A non-finite `dmax` is an overflow of the
+    working precision (lam or the kernel too large), not a singular system:
+    ValueError saying so.
     """
     dmin, dmax = np.asarray(dmin).ravel(), np.asarray(dmax).ravel()
+    over = np.flatnonzero(~np.isfinite(dmax) | ~np.isfinite(dmin))
+    if over.size:
+        which = "" if dmin.size == 1 else f" (images {over[:8].tolist()}{'...' if over.size > 8 else ''})"
+        raise ValueError(
+            "the closed form's denominator |H|^2 + lam R + alpha overflows the working precision" + which
+            + f" (lam={_fmt(lam)}, alpha={_fmt(alpha)}): the magnitudes of h, lam or alpha are too large "
+            "for it; rescale them (or pass dtype=float64)")
     bad = np.flatnonzero(~(dmin > eps * dmax))
     if bad.size:
         which = "" if dmin.size == 1 else f" (images {bad[:8].tolist()}{'...' if bad.size > 8 else ''})"
@@ -87,7 +119,7 @@ def spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype, Hp=None, stats=None):
     use_alpha = bool(np.any(np.asarray(alpha) != 0))
     if use_alpha:
         den = den + alpha_b
-    dmin = _check_denominator(bk, den, ndim, lam, alpha)
+    dmin = _check_denominator(bk, den, ndim, lam, alpha, data=Hp)
     if stats is not None:
         stats["dmin"] = dmin
     inv = 1 / den  # complex *= real runs without a complex temporary; complex / real does not
@@ -144,11 +176,18 @@ def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype, stats=None):
     """Filters of the DCT closed form: ``W = Lambda_A / D``, ``V = alpha / D``."""
     lam_b = image_scalars(bk, lam, np.float64, ndim)
     alpha_b = image_scalars(bk, alpha, np.float64, ndim)
-    den = lam_A * lam_A
+    data = lam_A * lam_A
+    den = data
     if lam_R is not None:
+        # Eigenvalues at the rounding level of the regularizer (its zeros, computed
+        # as noise) are the exact zeros they stand for: see _spectra._clean_power.
+        # Measured for the Laplacian: the zero comes out as 3e-16 (0.02 eps max);
+        # the smallest true eigenvalue, ~97/n^4, stays above 8 eps max up to n ~ 5800.
+        top = float(bk.xp.abs(lam_R).max())
+        lam_R = bk.xp.where(bk.xp.abs(lam_R) <= 8 * np.finfo(np.float64).eps * top, 0, lam_R)
         den = den + lam_b * lam_R
     den = den + alpha_b
-    dmin = _check_denominator(bk, den, ndim, lam, alpha)
+    dmin = _check_denominator(bk, den, ndim, lam, alpha, data=data)
     if stats is not None:
         stats["dmin"] = dmin
     W = (lam_A / den).astype(dtype)

@@ -21,11 +21,13 @@ from .._validation import (
     check_ndim,
     check_positive,
     finite_result,
+    plain_ndarray,
     quiet_fp,
 )
 from ..operators import ConvolutionOperator
 from . import closed_form as cf
 from . import lam as lamsel
+from ._scaling import balance_scales, unscale
 from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2_scale
 from .precond import make_preconditioner
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
@@ -60,8 +62,16 @@ def per_image(name, v, batch, *, allow_zero=True, dtype=None):
         raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r}")
     if is_cupy_array(v):
         v = v.get()
+    if isinstance(v, np.ma.MaskedArray):
+        plain_ndarray(name, v)  # raises: the mask would be dropped
     try:
         # Only real numbers: np.asarray(v, float) would parse "1e-3" and drop 1j's imaginary part.
+        # Any numbers.Real (fractions.Fraction, ...) is a real number too, alone or in a list.
+        if isinstance(v, numbers.Real):
+            v = float(v)
+        elif isinstance(v, (list, tuple)) and v and all(
+                isinstance(e, numbers.Real) and not isinstance(e, bool) for e in v):
+            v = [float(e) for e in v]
         if np.asarray(v).dtype.kind not in "biuf":
             raise TypeError
         a = np.asarray(v, dtype=np.float64)
@@ -349,9 +359,14 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
         _warn_unconverged(info, rtol, maxiter)
     if not return_info:
         return x
-    info.lam = prob.lam.reshape(prob.batch).copy()
+    info.lam = _caller_lam(prob, prob.lam).reshape(prob.batch)
     info.lam_curve = curve
     return x, info
+
+
+def _caller_lam(prob, lam):
+    """lam per image (B,) in the caller's units (a kernel far from 1 rescales the problem's lam)."""
+    return np.ldexp(np.asarray(lam, np.float64), np.broadcast_to(prob.lam_exp, (prob.B,)))
 
 
 def _solver_options(method, rtol, maxiter, precondition, batch_size):
@@ -391,7 +406,8 @@ def _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch
 
     with quiet_fp():
         x, info = _memory.solve_in_chunks(prob, method, batch_size, solve, precondition=precondition)
-    if unsafe:  # a closed form whose output is bounded below overflow skips this pass
+        x = unscale(prob, x)
+    if unsafe or np.any(prob.x_exp):  # a closed form whose output is bounded below overflow skips this pass
         finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
     return x, info
 
@@ -458,6 +474,7 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     prob.lam, prob.alpha = lam_a.reshape(B), alpha_a.reshape(B)
     # Norms of the data (from the validation pass) bound a closed form's output.
     prob.y_sq, prob.z_sq = y_sq, z_sq
+    balance_scales(prob)  # kernels or data far from 1: exact power-of-two rescaling (x_exp)
     prob.use_reg = bool(np.any(lam_a > 0))
     prob.use_alpha = bool(np.any(alpha_a > 0))
     prob.A = ConvolutionOperator(prob.h, n, mode, boundary=boundary, convention=convention, ndim=nd)
@@ -531,7 +548,10 @@ def _solve_fft_fused(prob):
     lam = bk.xp.asarray(prob.lam.astype(wdt))
     alpha = bk.xp.asarray(prob.alpha.astype(wdt))
     dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
-    cf.check_extrema(bk.asnumpy(dmin), bk.asnumpy(dmax), np.finfo(wdt).eps, prob.lam, prob.alpha)
+    # Judged against the data term's scale max |H|^2 (as on the CPU), not the whole denominator's.
+    _, hmax = _cuda.spectral_extrema(H, None, 0 * lam, 0 * alpha, (prob.B,), ndim=nd)
+    cf.check_extrema(bk.asnumpy(dmin), cf.singularity_scale(bk.asnumpy(dmax), bk.asnumpy(hmax)),
+                     np.finfo(wdt).eps, prob.lam, prob.alpha)
     Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
     Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
     Y = _cuda.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
@@ -616,6 +636,9 @@ def _noise_target(prob, noise_sigma):
         sigma = per_image("noise_sigma", noise_sigma, prob.batch).reshape(prob.B)
         if np.any(sigma <= 0):
             raise ValueError(f"noise_sigma must be positive; got {noise_sigma!r:.60}")
+        # y far from 1 was rescaled by 2^-ed (ed = x_exp + lam_exp / 2): so is its noise
+        ed = np.broadcast_to(np.asarray(prob.x_exp) + np.asarray(prob.lam_exp) // 2, (prob.B,))
+        sigma = np.ldexp(sigma.astype(np.float64), -ed)
     return sigma.astype(np.float64) ** 2
 
 
@@ -629,6 +652,7 @@ def _expanded(prob, E, y_e, lam, x0):
     p = copy.copy(prob)
     p.B, p.batch = B * E, (B * E,)
     p.y = y_e
+    p.x_exp = p.lam_exp = 0  # the selection works in the (possibly rescaled) units of `prob`
     p.lam = np.repeat(np.asarray(lam, np.float64), E)
     p.alpha = np.repeat(prob.alpha, E)
     p.use_reg = True
@@ -663,7 +687,7 @@ def _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, preconditio
         else:
             lam, warm = _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batch_size,
                                    flags)
-    out = lam, curve.finish(criterion, prob.batch, target), warm
+    out = lam, _caller_curve(prob, curve.finish(criterion, prob.batch, target)), warm
     low, high = flags.get("low"), flags.get("high")
     if low is not None and low.any():
         # No lam fits the data as closely as sigma says (sigma too small for this
@@ -687,6 +711,19 @@ def _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, preconditio
             f"for images {bad[:8].tolist()}{'...' if bad.size > 8 else ''} (noise_sigma too large?); "
             "used that largest lam"), stacklevel=3)
     return out
+
+
+def _caller_curve(prob, curve):
+    """The curve with lam (and the discrepancy's sigma^2 and residuals) in the caller's units."""
+    if not (np.any(prob.lam_exp) or np.any(prob.x_exp)):
+        return curve
+    shape = tuple(prob.batch) + (1,)
+    curve.lam = np.ldexp(curve.lam, np.broadcast_to(prob.lam_exp, (prob.B,)).reshape(shape))
+    if curve.criterion == "discrepancy":
+        ed = np.broadcast_to(np.asarray(prob.x_exp) + np.asarray(prob.lam_exp) // 2, (prob.B,))
+        curve.value = np.ldexp(curve.value, (2 * ed).reshape(shape))
+        curve.target = np.ldexp(curve.target, (2 * ed).reshape(prob.batch))
+    return curve
 
 
 def bk_where(bk, sel, a, b):
@@ -828,7 +865,7 @@ batch_size
     method = choose_method(prob, method)
     lam, curve, _ = _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, precondition,
                                 batch_size)
-    lam = lam.reshape(prob.batch)
+    lam = _caller_lam(prob, lam).reshape(prob.batch)
     return (lam, curve) if return_curve else lam
 
 

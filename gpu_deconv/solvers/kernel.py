@@ -137,12 +137,27 @@ def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *
     if op._empty:
         raise ValueError("the output window is empty (mode='valid' with a kernel larger than x): "
                          "there is no data to estimate the kernel from")
+    # Exact powers of two bring x and y near 1 before any product is formed: the
+    # normal matrix of x ~ 1e-160 underflows into subnormals (digits lost) and of
+    # x ~ 1e160 overflows. h = 2^(ey - ex) h' with lam' = lam / 4^ex.
+    ex, ey = _exponent(xp, x), _exponent(xp, y)
+    top = np.finfo(np.float64).maxexp - 16
+    if lam > 0:
+        ex = max(ex, int(np.ceil((np.log2(lam) - top) / 2)))  # keep lam' finite
     with quiet_fp():
-        h = _solve_kernel(bk, x, y, op, kernel_shape, lam, batch)
+        xs, ys = xp.ldexp(x, np.int32(-ex)).astype(x.dtype), xp.ldexp(y, np.int32(-ey)).astype(y.dtype)
+        h = _solve_kernel(bk, xs, ys, op, kernel_shape, float(np.ldexp(lam, -2 * ex)), batch, lam)
+        h = xp.ldexp(h, np.int32(ey - ex)).astype(h.dtype)
     return finite_result(bk, h, "the kernel", ("x", "y", "lam"))
 
 
-def _solve_kernel(bk, x, y, op, kernel_shape, lam, batch):
+def _exponent(xp, a):
+    """e with max|a| / 2^e in [0.5, 1) (0 for an all-zero or empty array)."""
+    m = float(xp.abs(a).max()) if a.size else 0.0
+    return int(np.frexp(m)[1]) if m > 0 else 0
+
+
+def _solve_kernel(bk, x, y, op, kernel_shape, lam, batch, lam_user=None):
     xp, nd = bk.xp, op.ndim
     K = int(np.prod(kernel_shape))
     x = xp.broadcast_to(x, batch + op.spatial_in_shape)
@@ -179,7 +194,8 @@ def _solve_kernel(bk, x, y, op, kernel_shape, lam, batch):
     if not ok:
         raise ValueError(
             "the kernel's normal matrix is singular: the images do not determine every tap "
-            f"(lam={lam!r}); give lam > 0, more or richer images, or a smaller kernel_shape"
+            f"(lam={lam if lam_user is None else lam_user!r}); give lam > 0, more or richer images, "
+            "or a smaller kernel_shape"
         )
     from scipy.linalg import cho_solve
 
@@ -200,7 +216,10 @@ def _toeplitz_normal(bk, x, op, kernel_shape):
     if op.mode == "circular":
         grid = op.spatial_in_shape
     else:
-        grid = tuple(bk.next_fast_len(2 * n) for n in op.spatial_in_shape)
+        # Lags i - i' run over +-(k - 1) and the autocorrelation over +-(n - 1): a grid
+        # of n + max(n, k) - 1 keeps every lag a kernel reads off the wrapped-around part
+        # (2n alone let a kernel 2 or more taps longer than x read it: a wrong minimiser).
+        grid = tuple(bk.next_fast_len(n + max(n, k) - 1) for n, k in zip(op.spatial_in_shape, kernel_shape))
     Xf = bk.rfftn(x, grid)
     R = bk.irfftn(abs2(Xf), grid)
     lead = tuple(range(R.ndim - nd))
