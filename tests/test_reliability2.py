@@ -410,7 +410,7 @@ def test_cli_circular_without_boundary(tmp_path, capsys):
     assert main(["deconvolve", img, "--psf", psf, "--mode", "circular", "-q"]) == 0
     out = np.load(img.replace(".npy", "_deconv.npy"))
     ref = gd.deconvolve(np.load(img), gaussian_kernel(5, 1.0) / gaussian_kernel(5, 1.0).sum(),
-                        mode="circular", lam=1e-3, reg="laplacian")
+                        mode="circular", lam="gcv", reg="laplacian")  # the CLI's default lam
     assert np.allclose(out, ref, rtol=0, atol=1e-12)
     assert main(["convolve", img, "--psf", psf, "--mode", "circular", "-q", "-f"]) == 0
     # only an explicit non-periodic boundary contradicts circular
