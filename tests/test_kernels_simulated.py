@@ -56,9 +56,9 @@ def module(name, dtype):
     return _MODULES[key]
 
 
-def launch(kind, dtype, grid, args, *, boundary=None, ndim=None, block=BLOCK, reverse=False):
+def launch(kind, dtype, grid, args, *, boundary=None, ndim=None, block=BLOCK, reverse=False, threads=None):
     name = _cuda.kernel_name(kind, dtype, boundary=boundary, ndim=ndim)
-    module(_cuda.MODULE_OF[kind], dtype).launch(name, grid, block, args, reverse=reverse)
+    module(_cuda.MODULE_OF[kind], dtype).launch(name, grid, block, args, reverse=reverse, threads=threads)
 
 
 def grids_1d(total):
@@ -354,11 +354,12 @@ extern "C" __global__ void sync_without_shared(double* out, long long n) {
 """
 
 
-def test_barrier_misuse_is_reported():
+@pytest.mark.parametrize("threads", ["fibers", "pool"])
+def test_barrier_misuse_is_reported(threads):
     mod = executor.Module(BAD_SOURCE)
     out = np.zeros(256)
     with pytest.raises(executor.LaunchError, match="barrier divergence"):
-        mod.launch("divergent", (2,), (256,), (out, I64(256)))
+        mod.launch("divergent", (2,), (256,), (out, I64(256)), threads=threads)
     with pytest.raises(executor.LaunchError, match="run serially"):
         mod.launch("sync_without_shared", (1,), (256,), (out, I64(256)))
 

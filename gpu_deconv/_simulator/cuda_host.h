@@ -30,6 +30,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <csetjmp>
+#include <ucontext.h>
 #include <vector>
 
 // What gd_common.cuh tests to see device code (grid-stride helpers, block reductions).
@@ -198,7 +200,110 @@ inline std::mutex launch_mutex;
 
 }  // namespace gdsim
 
+namespace gdsim {
+
+// The threads of one block as fibers on the calling thread: each runs until
+// its __syncthreads() or its end, then the next one; a round in which some
+// threads synchronise and others finish is a barrier divergence. The fibers
+// are made once (ucontext) and switched with _setjmp/_longjmp, which saves no
+// signal mask: far cheaper than waking blockDim OS threads at every barrier,
+// with the same semantics short of data races (which the pool and
+// ThreadSanitizer check).
+enum { FIBER_RUNNING = 0, FIBER_AT_SYNC = 1, FIBER_DONE = 2 };
+constexpr size_t FIBER_STACK = 128 * 1024;
+
+struct JumpBuf {
+    jmp_buf b;
+};
+
+struct Fibers {
+    std::vector<ucontext_t> ctx;
+    std::vector<std::vector<char>> stacks;
+    std::vector<JumpBuf> jb;
+    std::vector<char> started;
+    std::vector<int> state;
+    jmp_buf sched;
+    int current = -1;
+    const std::function<void()>* body = nullptr;
+
+    static void entry();
+
+    void resume(unsigned t) {
+        current = (int)t;
+        if (_setjmp(sched) == 0) {
+            if (!started[t]) {
+                started[t] = 1;
+                ucontext_t here;  // abandoned: the fiber comes back by _longjmp
+                swapcontext(&here, &ctx[t]);
+            } else {
+                _longjmp(jb[t].b, 1);
+            }
+        }
+    }
+
+    void run_block(const std::function<void()>& f, dim3 block, int reverse) {
+        const unsigned nt = block.x * block.y * block.z;
+        if (ctx.size() < nt) {
+            ctx.resize(nt);
+            stacks.resize(nt);
+            jb.resize(nt);
+            started.resize(nt, 0);
+            for (unsigned t = 0; t < nt; ++t) {
+                if (!stacks[t].empty()) continue;
+                stacks[t].resize(FIBER_STACK);
+                getcontext(&ctx[t]);
+                ctx[t].uc_stack.ss_sp = stacks[t].data();
+                ctx[t].uc_stack.ss_size = stacks[t].size();
+                ctx[t].uc_link = nullptr;
+                makecontext(&ctx[t], entry, 0);
+            }
+        }
+        state.assign(nt, FIBER_RUNNING);
+        body = &f;
+        for (;;) {
+            int at_sync = 0, done = 0;
+            for (unsigned i = 0; i < nt; ++i) {
+                const unsigned t = reverse ? nt - 1 - i : i;
+                if (state[t] == FIBER_DONE) continue;
+                state[t] = FIBER_RUNNING;
+                threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                resume(t);
+                if (state[t] == FIBER_AT_SYNC) ++at_sync; else ++done;
+            }
+            if (at_sync == 0) break;
+            if (done)
+                set_error("barrier divergence: some threads of a block reached __syncthreads() while "
+                          "others had finished the block");
+        }
+        current = -1;
+    }
+
+    // The calling fiber gives the hand back to the scheduler.
+    void yield(int why) {
+        const int me = current;
+        state[me] = why;
+        if (_setjmp(jb[me].b) == 0) _longjmp(sched, 1);
+    }
+};
+
+inline thread_local Fibers fibers;
+inline thread_local bool in_fiber = false;
+
+// A fiber runs the kernel body once per block it is resumed for, forever.
+inline void Fibers::entry() {
+    for (;;) {
+        (*fibers.body)();
+        fibers.yield(FIBER_DONE);
+    }
+}
+
+}  // namespace gdsim
+
 inline void __syncthreads() {
+    if (gdsim::in_fiber) {
+        gdsim::fibers.yield(gdsim::FIBER_AT_SYNC);
+        return;
+    }
     if (!gdsim::in_pool) {
         gdsim::set_error("__syncthreads() in a kernel run serially (it declares no __shared__ array)");
         return;
@@ -213,7 +318,8 @@ inline T arg(void** args, int i) {
     return *static_cast<T*>(args[i]);
 }
 
-// Run `body` over the grid: on the pool (threaded) or serially on this thread.
+// Run `body` over the grid: serially on this thread (threaded = 0), on the pool
+// of OS threads (1), or as fibers on this thread (2).
 // Returns 0, or 1 with the message in gdsim_error().
 inline int launch(const unsigned* g, const unsigned* b, int reverse, int threaded,
                   const std::function<void()>& body) {
@@ -223,8 +329,20 @@ inline int launch(const unsigned* g, const unsigned* b, int reverse, int threade
         error.clear();
     }
     const dim3 grid{g[0], g[1], g[2]}, block{b[0], b[1], b[2]};
-    if (threaded) {
+    if (threaded == 1) {
         pool.launch(body, grid, block, reverse);
+    } else if (threaded == 2) {
+        blockDim = block;
+        gridDim = grid;
+        in_fiber = true;
+        const unsigned long long nb = (unsigned long long)grid.x * grid.y * grid.z;
+        for (unsigned long long k = 0; k < nb; ++k) {
+            const unsigned long long kk = reverse ? nb - 1 - k : k;
+            blockIdx = {(unsigned)(kk % grid.x), (unsigned)((kk / grid.x) % grid.y),
+                        (unsigned)(kk / ((unsigned long long)grid.x * grid.y))};
+            fibers.run_block(body, block, reverse);
+        }
+        in_fiber = false;
     } else {
         blockDim = block;
         gridDim = grid;

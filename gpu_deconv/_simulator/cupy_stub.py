@@ -392,6 +392,8 @@ class ndarray(NDArrayOperatorsMixin):
         self._a.imag = _unwrap(v)
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # __array_interface__ & co. would hand NumPy the payload
+            raise AttributeError(name)
         attr = getattr(self._a, name)
         if callable(attr):
             @functools.wraps(attr)
@@ -612,7 +614,7 @@ class RawKernel:
                 host.append(a)
         STATS.launches[self.name] += 1
         self._module.launch(self.name, grid, block, tuple(host), reverse=CONFIG["reverse_blocks"],
-                            threaded=True if CONFIG["threaded"] else None)
+                            threads=CONFIG["threads"])
 
 
 class RawModule:
@@ -640,9 +642,10 @@ class RawModule:
         return RawKernel(self._module, name)
 
 
-#: Run-time switches: blocks in reverse order, every kernel on the thread pool.
+#: Run-time switches: blocks (and threads) in reverse order; how the threads of a
+#: block run (None: the executor's default; "pool": every kernel on OS threads).
 CONFIG = {"reverse_blocks": os.environ.get("GPU_DECONV_SIMULATOR_REVERSE", "") == "1",
-          "threaded": os.environ.get("GPU_DECONV_SIMULATOR_THREADED", "") == "1"}
+          "threads": os.environ.get("GPU_DECONV_SIMULATOR_THREADS") or None}
 
 
 # ---------------------------------------------------------------- cuFFT

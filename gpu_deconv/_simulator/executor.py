@@ -41,7 +41,9 @@ HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_host.h"
 DRIVER = HERE / "driver.cpp"
 #: Version of the wrapper generator (part of the cache key).
-_GEN_VERSION = "2"
+_GEN_VERSION = "4"
+#: How the threads of a block run (the `threaded` argument of gdsim::launch in cuda_host.h).
+THREAD_MODES = {"serial": 0, "pool": 1, "fibers": 2}
 #: Sanitizers :meth:`Module.run_sanitized` knows.
 SANITIZERS = ("thread", "address")
 #: CUDA's launch limits (compute capability >= 3.0), checked before every launch.
@@ -184,7 +186,7 @@ def _wrappers(src_name, kernels):
 
 _LOCK = threading.Lock()
 _LOADED: dict = {}
-_BASE_FLAGS = ("-std=c++20", "-pthread", "-fPIC", "-w")
+_BASE_FLAGS = ("-std=c++20", "-pthread", "-fPIC", "-w", "-U_FORTIFY_SOURCE")  # fibers _longjmp across stacks
 
 
 def _run(cmd, what):
@@ -332,16 +334,19 @@ class Module:
                                   f"{type(a).__name__} {a!r}")
         return k
 
-    def launch(self, name, grid, block, args, *, reverse=False, threaded=None):
+    def launch(self, name, grid, block, args, *, reverse=False, threads=None):
         """Run kernel `name` over `grid` x `block` on numpy arrays (modified in place).
 
         Parameters
         ----------
         reverse : bool
-            Run the blocks (and a serial block's threads) in reverse order.
-        threaded : bool, optional
-            Run every block on the thread pool even if the kernel declares no
-            shared memory (default: only kernels that do).
+            Run the blocks, and the threads of a block, in reverse order.
+        threads : {"fibers", "pool", "serial"}, optional
+            How the threads of a block run: as fibers switched at each
+            ``__syncthreads()`` (the default for kernels that declare
+            ``__shared__``), on a pool of blockDim OS threads meeting at a
+            barrier (what the sanitizer runs use), or one after another (the
+            default for the others; a ``__syncthreads()`` is then an error).
         """
         grid, block = check_launch_dims(grid, block)
         k = self.check_args(name, args)
@@ -357,8 +362,10 @@ class Module:
             ptrs[i] = ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
         g = (ctypes.c_uint * 3)(*grid)
         b = (ctypes.c_uint * 3)(*block)
-        rc = getattr(lib, f"gdsim_launch_{name}")(g, b, ptrs, int(bool(reverse)),
-                                                  int(k.threaded if threaded is None else threaded))
+        mode = threads or ("fibers" if k.threaded else "serial")
+        if mode not in THREAD_MODES:
+            raise ValueError(f"threads must be one of {', '.join(THREAD_MODES)}; got {threads!r}")
+        rc = getattr(lib, f"gdsim_launch_{name}")(g, b, ptrs, int(bool(reverse)), THREAD_MODES[mode])
         if rc:
             raise LaunchError(f"kernel {name}: {lib.gdsim_error().decode()}")
 
@@ -391,8 +398,8 @@ class Module:
             if len(args) != len(k.params):
                 raise LaunchError(f"kernel {name} takes {len(k.params)} arguments; got {len(args)}")
             enc = name.encode()
-            out += struct.pack("<I", len(enc)) + enc + struct.pack("<3I3Iii", *grid, *block, int(rev),
-                                                                   int(k.threaded))
+            mode = THREAD_MODES["pool" if k.threaded else "serial"]  # real threads for the sanitizer
+            out += struct.pack("<I", len(enc)) + enc + struct.pack("<3I3Iii", *grid, *block, int(rev), mode)
             out += struct.pack("<I", len(args))
             for i, a in enumerate(args):
                 kind, t = k.param_kind(i)
