@@ -266,7 +266,7 @@ def test_sherman_morrison_kernel(rng, dtype, C):
 
 
 # ----------------------------------------------------------------------- CG
-def cg_reductions(dtype, u, v, p, q, z, a, beta, nblk, grid_y, reverse=False):
+def cg_reductions(dtype, u, v, p, q, z, a, beta, nblk, grid_y, reverse=False, threads=None):
     """dot, update_xr (with its r.r), update_p through the kernels: what CGKernels launches."""
     B, N = u.shape
     partial = np.full(B * nblk, np.nan)
@@ -274,28 +274,31 @@ def cg_reductions(dtype, u, v, p, q, z, a, beta, nblk, grid_y, reverse=False):
 
     def finish():
         out = np.full(B, np.nan)
-        launch("sum_partials", dtype, fin, (partial, out, I64(nblk), I64(B)), reverse=reverse)
+        launch("sum_partials", dtype, fin, (partial, out, I64(nblk), I64(B)), reverse=reverse,
+               threads=threads)
         return out
 
     grid = (nblk, grid_y)
-    launch("dot_partial", dtype, grid, (u, v, partial, I64(N), I64(B), I64(nblk)), reverse=reverse)
+    launch("dot_partial", dtype, grid, (u, v, partial, I64(N), I64(B), I64(nblk)), reverse=reverse,
+           threads=threads)
     dot = finish()
     x, r = u.copy(), v.copy()
-    launch("cg_update_xr", dtype, grid, (x, r, p, q, a, partial, I64(N), I64(B), I64(nblk)), reverse=reverse)
+    launch("cg_update_xr", dtype, grid, (x, r, p, q, a, partial, I64(N), I64(B), I64(nblk)), reverse=reverse,
+           threads=threads)
     rr = finish()
     pp = p.copy()
     launch("cg_update_p", dtype, _cuda.grid_1d(B * N), (pp, z, beta, I64(B * N), I64(N)), reverse=reverse)
     return dot, x, r, rr, pp
 
 
-def check_cg(rng, dtype, B, N, layouts):
+def check_cg(rng, dtype, B, N, layouts, threads=None):
     u, v, p, q, z = (rng.standard_normal((B, N)).astype(dtype) for _ in range(5))
     a, beta = rng.standard_normal(B), rng.standard_normal(B)
     ad = a.astype(dtype)[:, None]
     want_x, want_r = u + ad * p, v - ad * q
     tol = dict(dtype=np.float64, factor=1e6 if dtype == np.float32 else 10)
     for nblk, gy, rev in layouts:
-        dot, x, r, rr, pp = cg_reductions(dtype, u, v, p, q, z, a, beta, nblk, gy, rev)
+        dot, x, r, rr, pp = cg_reductions(dtype, u, v, p, q, z, a, beta, nblk, gy, rev, threads)
         assert_close(dot, (u.astype(np.float64) * v).sum(axis=1), **tol)
         assert_close(x, want_x, dtype, factor=10)
         assert_close(r, want_r, dtype, factor=10)
@@ -318,6 +321,8 @@ def test_cg_kernels_exhaustive(rng, dtype, B, N):
     nblk, grid = _cuda.reduction_layout(N, B)
     check_cg(rng, dtype, B, N, [(nblk, grid[1], False), (nblk, grid[1], True), (1, 1, False),
                                 (3, max(1, B // 3), True)])
+    # the block's threads as blockDim OS threads at a real barrier (what the sanitizer runs use)
+    check_cg(rng, dtype, B, N, [(2, 2, False)], threads="pool")
 
 
 # ---------------------------------------------------------- strict launches

@@ -240,6 +240,21 @@ def test_gpu_suite_passes_on_the_simulator_in_a_child_session():
     assert all("two GPUs" in s or "compute-sanitizer" in s for s in skips), skips
 
 
+@pytest.mark.simulator
+@pytest.mark.skipif(SIMULATOR, reason="this starts the simulated session; inside it, nothing to do")
+@NEEDS_CXX
+def test_gpu_suite_with_reversed_blocks_and_os_thread_blocks():
+    # Blocks (and threads) in reverse order: a kernel that relies on an order fails.
+    res = _simulated(["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-x",
+                      str(ROOT / "tests" / "test_gpu.py")], GPU_DECONV_SIMULATOR_REVERSE="1")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    # Every block on blockDim OS threads meeting at a real barrier.
+    res = _simulated(["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-x",
+                      f"{Path(__file__)}::test_launchers_with_grids_smaller_than_the_work"],
+                     GPU_DECONV_SIMULATOR_THREADS="pool")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+
+
 @NEEDS_CXX
 def test_gpu_check_script_runs_on_the_simulator(tmp_path):
     script = str(ROOT / "benchmarks" / "gpu_check.py")
