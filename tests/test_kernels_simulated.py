@@ -493,3 +493,40 @@ def test_address_sanitizer_catches_an_out_of_bounds_write(tmp_path):
         module("pad_extract", np.float64).run_sanitized(
             "address", [x, out],
             [("gd_pad_zero_1d_f64", (1,), BLOCK, (("buf", 0), ("buf", 1), I64(16)) + geom)])
+
+
+def test_spectral_multichannel_cg_under_address_sanitizer(tmp_path, rng):
+    # Exact-size buffers, the one-element stand-ins of absent operands included: a kernel that read
+    # an operand its flag says is absent, or past a shared (stride 0) operand, would be reported.
+    sanitizer_or_skip("address", tmp_path)
+    B, F, nf = 3, (7, 4), 28
+    H, Y = _crandn(rng, F, np.float64), _crandn(rng, (B,) + F, np.float64)
+    lam, alpha = rng.uniform(0.1, 1, B), rng.uniform(0.1, 1, B)
+    bufs = [Y, H, np.zeros(1), lam, alpha, np.zeros(1, dtype=np.complex128), np.zeros((B, 1)),
+            np.zeros((B, 1)), rng.uniform(0.5, 2, F), rng.uniform(0.1, 0.3, B)]
+    b = [("buf", i) for i in range(len(bufs))]
+    out, _ = module("spectral", np.float64).run_sanitized("address", bufs, [
+        ("gd_spectral_extrema_f64", (1, 2), BLOCK,
+         (b[1], b[2], b[3], b[4], b[6], b[7], I64(nf), I64(B), I64(1), I64(0), I64(0), I32(0))),
+        ("gd_spectral_solve_f64", (1,), BLOCK,
+         (b[0], b[1], b[2], b[3], b[4], b[5], I64(B * nf), I64(nf), I64(0), I64(0), I32(0), I32(0))),
+        ("gd_precond_div_f64", (1,), BLOCK, (b[0], b[8], b[9], I64(B * nf), I64(nf), I64(0))),
+        ("gd_precond_mul_f64", (1,), BLOCK, (b[0], b[8], I64(B * nf), I64(nf), I64(0)), True),
+    ])
+    den = np.abs(H) ** 2 + alpha[:, None, None]
+    assert_close(out[6].ravel(), den.min(axis=(1, 2)), np.float64)
+    want = np.conj(H) * Y / den
+    want = want / np.maximum(bufs[8], bufs[9][:, None, None]) * bufs[8]
+    assert_close(out[0].view(np.float64), want.view(np.float64), np.float64, factor=10)
+    C = 2
+    D, Z = _crandn(rng, (C,) + F, np.float64), _crandn(rng, (B, C) + F, np.float64)
+    mbufs = [D, Y, Z, alpha, np.zeros_like(Z)]
+    m = [("buf", i) for i in range(5)]
+    out, _ = module("multichannel", np.float64).run_sanitized("address", mbufs, [
+        ("gd_sherman_morrison_f64", (2,), BLOCK,
+         (m[0], m[1], m[2], m[3], m[4], I64(B * nf), I64(C), I64(nf)))])
+    want = sherman_morrison(np, D, Y, Z, alpha.reshape(B, 1, 1))
+    assert_close(out[4].view(np.float64), want.view(np.float64), np.float64, factor=10)
+    cbufs, launches = _reduction_launches(np.float64, 3, 300, 2, 2)
+    out, _ = module("cg", np.float64).run_sanitized("address", cbufs, launches)
+    assert_close(out[6], (cbufs[2] * cbufs[3]).sum(axis=1), np.float64, factor=10)

@@ -758,6 +758,12 @@ def _fft(kind, real_out):
         if s is not None:
             for ax, n in zip(axes_, s):
                 shape[ax] = int(n)
+            if kind in ("rfftn", "fftn") and tuple(shape) != work.shape:
+                # CuPy zero-fills (or crops) the input into a new array of the grid's shape first
+                grid = ndarray._from(np.zeros(shape, dtype=work.dtype))._a
+                grid[tuple(slice(0, min(a, b)) for a, b in zip(shape, work.shape))] = \
+                    work[tuple(slice(0, min(a, b)) for a, b in zip(shape, work.shape))]
+                work, s = grid, None
         nbatch = math.prod(work.shape) // max(1, math.prod(work.shape[ax] for ax in axes_))
         _PLAN_CACHE.get((kind, tuple(work.shape), axes_, tuple(s) if s is not None else None, work.dtype.str),
                         max(1, nbatch * math.prod(shape[ax] for ax in axes_) * np.dtype(out_dt).itemsize))
