@@ -42,6 +42,7 @@ import operator
 import os
 import sys
 import threading
+import time
 import types
 import warnings
 import weakref
@@ -583,6 +584,24 @@ _STREAM = Stream()
 Stream.null = _STREAM
 
 
+class Event:
+    """``cupy.cuda.Event``: host clock readings (the simulator's times mean nothing)."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.t = None
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        _sync("Event.synchronize")
+
+
+def get_elapsed_time(start, stop):
+    """Milliseconds between two recorded events."""
+    return (stop.t - start.t) * 1e3
+
+
 def get_current_stream(device_id=None):
     return _STREAM
 
@@ -855,7 +874,8 @@ def build_modules() -> dict:
     cufft.CuFFTError = CuFFTError
     cufft.CUFFT_ALLOC_FAILED = CUFFT_ALLOC_FAILED
     cuda.runtime, cuda.memory, cuda.cufft = runtime, memory, cufft
-    cuda.Device, cuda.Stream, cuda.MemoryPool = Device, Stream, MemoryPool
+    cuda.Device, cuda.Stream, cuda.MemoryPool, cuda.Event = Device, Stream, MemoryPool, Event
+    cuda.get_elapsed_time = get_elapsed_time
     cuda.get_current_stream = get_current_stream
     cuda.is_available = lambda: True
     cupy.cuda = cuda
