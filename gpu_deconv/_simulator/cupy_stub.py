@@ -411,12 +411,8 @@ class ndarray(NDArrayOperatorsMixin):
         return _wrap(self._a[idx])
 
     def __setitem__(self, idx, value):
-        idx = _unwrap(idx)
-        if isinstance(value, np.ndarray) and value.ndim:
-            value = value  # CuPy copies a host array assigned into a device array
-        else:
-            value = _unwrap(value)
-        self._a[idx] = value
+        # A host array assigned into a device array is copied over (CuPy does so too).
+        self._a[_unwrap(idx)] = value if isinstance(value, np.ndarray) else _unwrap(value)
 
     # --- NumPy protocols: ufuncs and functions run on the payload, results stay on the device
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):

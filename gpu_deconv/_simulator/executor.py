@@ -239,16 +239,11 @@ class Module:
             wrap = self.dir / "wrap.cpp"
             if not wrap.is_file():
                 tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".build-"))
-                (tmp / "module.cu").write_text(self.code)
-                pre = _run([self.cxx, "-x", "c++", "-E", "-P", "-D__global__=GDSIM_KERNEL",
-                            "-D__shared__=GDSIM_SHARED static", *self._flags(), str(tmp / "module.cu")],
-                           "preprocessing the module")
-                kernels = scan_kernels(pre)
-                if not kernels:
-                    raise LaunchError("no extern \"C\" __global__ kernel found in the module")
-                (tmp / "wrap.cpp").write_text(_wrappers("module.cu", kernels))
-                (tmp / "kernels.txt").write_text(
-                    "\n".join(f"{k.name}|{int(k.threaded)}|{';'.join(k.params)}" for k in kernels) + "\n")
+                try:
+                    self._generate(tmp)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
                 try:
                     tmp.rename(self.dir)
                 except OSError:  # another process built it first
@@ -258,6 +253,19 @@ class Module:
                 name, threaded, params = line.split("|")
                 kernels[name] = KernelInfo(name, tuple(p for p in params.split(";") if p), threaded == "1")
             return kernels
+
+    def _generate(self, tmp):
+        """Preprocess the source, find its kernels, write the wrappers and the kernel list into `tmp`."""
+        (tmp / "module.cu").write_text(self.code)
+        pre = _run([self.cxx, "-x", "c++", "-E", "-P", "-D__global__=GDSIM_KERNEL",
+                    "-D__shared__=GDSIM_SHARED static", *self._flags(), str(tmp / "module.cu")],
+                   "preprocessing the module")
+        kernels = scan_kernels(pre)
+        if not kernels:
+            raise LaunchError("no extern \"C\" __global__ kernel found in the module")
+        (tmp / "wrap.cpp").write_text(_wrappers("module.cu", kernels))
+        (tmp / "kernels.txt").write_text(
+            "\n".join(f"{k.name}|{int(k.threaded)}|{';'.join(k.params)}" for k in kernels) + "\n")
 
     def _build(self, target: Path, extra, what, sources=()):
         if target.is_file():
