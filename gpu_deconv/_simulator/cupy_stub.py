@@ -101,6 +101,7 @@ class Stats:
         self.allocations = 0
         self.syncs = 0
         self.plans_created = 0
+        self.irfft_input_copies = 0
 
     def snapshot(self):
         return {"launches": sum(self.launches.values()), "ffts": sum(self.ffts.values()),
@@ -764,6 +765,7 @@ def _fft(kind, real_out):
             a = a.astype(_complex_for(a.dtype), copy=False)
             # cuFFT's C2R overwrites its input: CuPy works on a copy unless allowed to clobber.
             work = a if overwrite_x else ndarray._from(a.copy())._a
+            STATS.irfft_input_copies += not overwrite_x
         elif kind in ("rfftn",):
             work = a.astype(_real_for(a.dtype), copy=False)
         else:
