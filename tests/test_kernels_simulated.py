@@ -432,9 +432,13 @@ def test_reductions_under_thread_sanitizer(tmp_path, dtype):
     assert_close(sout[5].max(axis=1), den.max(axis=(1, 2)), dtype)
 
 
-def _without_barrier(tmp_path, which):
-    """A copy of kernels/ whose gd_block_reduce lacks its `which`-th __syncthreads()."""
-    src = tmp_path / f"kernels_{which}"
+def _without_barrier(which):
+    """A copy of kernels/ whose gd_block_reduce lacks its `which`-th __syncthreads().
+
+    Kept at a fixed place of the simulator's cache, so that its sanitized build is reused.
+    """
+    src = executor.cache_dir() / f"test-kernels-without-barrier-{which}"
+    shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(_kernels.source_dir(), src)
     path = src / "gd_reduce.cuh"
     text = path.read_text()
@@ -448,7 +452,7 @@ def _without_barrier(tmp_path, which):
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_thread_sanitizer_catches_a_deleted_barrier(tmp_path, which):
     sanitizer_or_skip("thread", tmp_path)
-    src = _without_barrier(tmp_path, which)
+    src = _without_barrier(which)
     code = (src / "cg.cu").read_text()
     mod = executor.Module(code, (f"-I{src}", "-DGD_ONLY_F64"))
     bufs, launches = _reduction_launches(np.float64, 3, 700, 2, 2)
