@@ -367,6 +367,7 @@ def main(argv=None):
         compile_all(cp, rep)
         check_launchers(cp, rep)
         if not args.no_suite:
+            cp.get_default_memory_pool().free_all_blocks()  # the suite runs in a child process
             run_suite(rep, args.suite_timeout)
         if not args.no_bench:
             try:
