@@ -482,7 +482,7 @@ def _solve_fft_fused(prob):
     Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
     Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
     Y = _cuda.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
-    return bk.irfftn(Y, n)
+    return bk.irfftn(Y, n, overwrite_x=True)  # Y is a temporary: no copy of it for cuFFT's C2R
 
 
 def _dct_filters(prob, stats=None):
