@@ -174,9 +174,15 @@ class Backend:
         axes = tuple(range(-len(s), 0))
         return self._fft.rfftn(a, s=s, axes=axes, **self._kw())
 
-    def irfftn(self, a, s):
+    def irfftn(self, a, s, *, overwrite_x=False):
+        """Inverse of :meth:`rfftn` on the grid `s`.
+
+        ``overwrite_x=True`` lets cuFFT clobber `a` (pass it for a temporary)
+        rather than CuPy copying it first; the NumPy path ignores it.
+        """
         axes = tuple(range(-len(s), 0))
-        return self._fft.irfftn(a, s=s, axes=axes, **self._kw())
+        kw = self._kw() if self.name == "numpy" else {"overwrite_x": bool(overwrite_x)}
+        return self._fft.irfftn(a, s=s, axes=axes, **kw)
 
     def dctn(self, a, ndim):
         axes = tuple(range(-ndim, 0))

@@ -8,10 +8,13 @@
   unused), with the safety factor :data:`SAFETY`;
 * an int: chunks of that many images.
 
-On the GPU a chunk that runs out of memory (``cupy.cuda.memory.OutOfMemoryError``)
-is retried in halves, down to one image, before the error is let through
-(:func:`run_chunks`). The images of a batch are independent systems, so the
-chunks give the same answers as one call on the whole batch.
+On the GPU a chunk that runs out of memory (``cupy.cuda.memory.OutOfMemoryError``,
+or cuFFT's ``CUFFT_ALLOC_FAILED`` when a plan cannot get its memory) is retried
+in halves, down to one image, before the error is let through
+(:func:`run_chunks`); before each retry the cuFFT plan cache (one plan per
+batch size, each holding its work area) and the pool's free blocks are
+released. The images of a batch are independent systems, so the chunks give
+the same answers as one call on the whole batch.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import traceback
 import numpy as np
 
 __all__ = ["SAFETY", "check_batch_size", "per_image_bytes", "auto_chunk", "run_chunks",
-           "solve_in_chunks"]
+           "solve_in_chunks", "oom_errors", "is_out_of_memory"]
 
 #: Fraction of the free device memory that "auto" plans to use (the estimate
 #: leaves out cuFFT plans, CuPy's pool fragmentation and the caches).
@@ -87,7 +90,9 @@ def per_image_bytes(prob, method, precondition="band"):
     size, ``n`` the unknown's size, ``G`` the data term's FFT grid and ``Gh``
     its half spectrum (about ``G / 2`` complex values):
 
-    * ``fft``: spectra of y, z and the work area, ``2 s Gh (2 + [alpha > 0])``;
+    * ``fft``: spectra of y, z, the work area and the copy of its input that
+      the inverse real FFT makes (cuFFT's C2R overwrites its input),
+      ``2 s Gh (3 + [alpha > 0])``;
     * ``fft_approx``: the same plus the two filters;
     * ``dct``: ``s n (4 + [alpha > 0])`` plus the complex work of the transforms;
     * ``cg``: eight vectors of size n, the normal operator on its grid
@@ -108,9 +113,9 @@ def per_image_bytes(prob, method, precondition="band"):
     zt = 1 if prob.use_alpha else 0
     own_h = c * gh if prob.A.kernel_batch else 0  # a per-image kernel has a per-image spectrum
     if method == "fft":
-        est = c * gh * (2 + zt) + own_h
+        est = c * gh * (3 + zt) + own_h
     elif method == "fft_approx":
-        est = c * gh * (3 + zt) + s * gh + own_h
+        est = c * gh * (4 + zt) + s * gh + own_h
     elif method == "dct":
         est = s * nn * (4 + zt) + 2 * c * nn
     else:
@@ -158,7 +163,7 @@ def auto_chunk(prob, method, precondition="band", free_bytes=None) -> int:
     return int(max(1, min(B, budget // per)))
 
 
-def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None):
+def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None, retry_if=None):
     """Call ``fn(start, stop)`` over ``[0, n)`` in chunks of at most `chunk` items.
 
     When a call raises one of the exception types `retry_on`, the same range
@@ -178,6 +183,9 @@ def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None):
         Empty: nothing is retried.
     on_retry : callable, optional
         ``on_retry(exc, new_size)`` before each retry (e.g. to free pooled memory).
+    retry_if : callable, optional
+        ``retry_if(exc) -> bool``: whether an exception of `retry_on` is
+        retried (default: every one); the others are raised at once.
 
     Returns
     -------
@@ -202,7 +210,7 @@ def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None):
         try:
             res = fn(start, stop)
         except retry_on as exc:
-            if stop - start <= 1:
+            if stop - start <= 1 or (retry_if is not None and not retry_if(exc)):
                 raise
             # The traceback holds the failed call's frames, and so its device
             # arrays: let them go before the pool is asked to release memory.
@@ -216,16 +224,52 @@ def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None):
     return out
 
 
+#: cuFFT's status code for "could not allocate" (cufftResult CUFFT_ALLOC_FAILED).
+CUFFT_ALLOC_FAILED = 2
+
+
+def _cufft_error(bk):
+    """``cupy.cuda.cufft.CuFFTError``, or None where this cupy does not have it."""
+    try:
+        import importlib
+
+        return importlib.import_module(f"{bk.xp.__name__}.cuda.cufft").CuFFTError
+    except (ImportError, AttributeError):
+        return None
+
+
 def oom_errors(bk) -> tuple:
-    """The exception types that mean "out of device memory" for `bk` (none on the CPU)."""
+    """The exception types that may mean "out of device memory" for `bk` (none on the CPU).
+
+    CuPy's OutOfMemoryError, and cuFFT's CuFFTError (a plan that cannot
+    allocate fails with ``CUFFT_ALLOC_FAILED``; :func:`is_out_of_memory` tells
+    it from cuFFT's other errors).
+    """
     if not bk.is_gpu:
         return ()
-    return (bk.xp.cuda.memory.OutOfMemoryError,)
+    errs = (bk.xp.cuda.memory.OutOfMemoryError,)
+    cufft = _cufft_error(bk)
+    return errs if cufft is None else errs + (cufft,)
+
+
+def is_out_of_memory(exc) -> bool:
+    """Whether an exception of :func:`oom_errors` is a lack of memory.
+
+    Every OutOfMemoryError; a CuFFTError only when it is ``CUFFT_ALLOC_FAILED``.
+    """
+    if type(exc).__name__ == "CuFFTError":
+        return getattr(exc, "result", None) == CUFFT_ALLOC_FAILED or "CUFFT_ALLOC_FAILED" in str(exc)
+    return True
 
 
 def _release_pool(bk):
     def release(exc, size):
         del exc, size
+        # Plans first: their work areas go back to the pool, which then lets go of them.
+        try:
+            bk.xp.fft.config.get_plan_cache().clear()
+        except AttributeError:  # a cupy without the plan cache
+            pass
         bk.xp.get_default_memory_pool().free_all_blocks()
     return release
 
@@ -317,7 +361,8 @@ def solve_in_chunks(prob, method, batch_size, solve, *, precondition="band", ret
         return None, info_c
 
     errors = oom_errors(bk) if retry_on is None else tuple(retry_on)
-    parts = run_chunks(run, B, chunk, retry_on=errors, on_retry=_release_pool(bk) if bk.is_gpu else None)
+    parts = run_chunks(run, B, chunk, retry_on=errors, on_retry=_release_pool(bk) if bk.is_gpu else None,
+                       retry_if=is_out_of_memory)
     if len(parts) == 1 and parts[0][1] - parts[0][0] == B:
         return parts[0][2]
     info = merge_info([r[1] for _, _, r in parts], tuple(prob.batch))

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
+from gpu_deconv import _simulator
 from gpu_deconv._backend import cupy_status
+
+# GPU_DECONV_SIMULATOR=1: the NumPy-backed CuPy stand-in (kernels on the CPU grid
+# executor) serves as "cupy", so `-m gpu` runs the GPU suite on the CPU. Never otherwise.
+SIMULATOR = _simulator.install()
 
 CUPY, CUPY_REASON = cupy_status()
 
@@ -44,3 +49,18 @@ def rng(request):
     import zlib
 
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the exhaustive ``simulator`` variants unless the -m expression names them.
+
+    A marker expression in addopts would be replaced by any -m the user gives;
+    this keeps them out of every run that does not ask for them
+    (``python -m pytest -m simulator``).
+    """
+    if "simulator" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="exhaustive simulator variant: run with  python -m pytest -m simulator")
+    for item in items:
+        if "simulator" in item.keywords:
+            item.add_marker(skip)

@@ -379,8 +379,11 @@ def test_no_host_round_trip_in_the_operator_passes(rng):
         op._adjoint(y, (2,))
         op._normal(x, (2,))
     with warnings.catch_warnings():
-        # Deprecated since CuPy v10, and still the one detector of host syncs it has.
+        # Deprecated since CuPy v10, and still the one detector of host syncs it has;
+        # CuPy 13.0-14.2 also warn (UserWarning) that it will be removed.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="cupyx.allow_synchronize will be removed",
+                                category=UserWarning)
         with cupyx.allow_synchronize(False):
             for op in (A, B):
                 y = op._forward(x, (2,))

@@ -127,7 +127,7 @@ def nvrtc():
     return lib
 
 
-def _nvrtc_compile(lib, source, name, options):
+def _nvrtc_compile(lib, source, name, options, *, cubin=False):
     prog = ctypes.c_void_p()
     rc = lib.nvrtcCreateProgram(ctypes.byref(prog), source, name.encode(), 0, None, None)
     assert rc == 0, f"nvrtcCreateProgram failed ({rc})"
@@ -140,10 +140,12 @@ def _nvrtc_compile(lib, source, name, options):
         lib.nvrtcGetProgramLog(prog, log)
         if rc != 0:
             return rc, log.value.decode(errors="replace"), b""
-        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-        ptx = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetPTX(prog, ptx)
-        return rc, log.value.decode(errors="replace"), ptx.value
+        get_size, get = ((lib.nvrtcGetCUBINSize, lib.nvrtcGetCUBIN) if cubin
+                         else (lib.nvrtcGetPTXSize, lib.nvrtcGetPTX))
+        assert get_size(prog, ctypes.byref(size)) == 0
+        code = ctypes.create_string_buffer(size.value)
+        assert get(prog, code) == 0
+        return rc, log.value.decode(errors="replace"), code.raw if cubin else code.value
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
@@ -174,6 +176,28 @@ def test_nvrtc_compiles_as_cupy_would(nvrtc, module, dtype):
     assert rc == 0, f"NVRTC failed on {module}.cu with {options}:\n{log}"
     entries = set(re.findall(rb"\.entry\s+(\w+)", ptx))
     entries = {e.decode() for e in entries}
+    assert entries == _expected_names(module, dtype)
+
+
+# The options CuPy itself passes to NVRTC for a RawModule on an sm_90 device
+# (CuPy 13.6: C++11; CuPy 14.2: C++17), after the module's own.
+CUPY_OPTION_SETS = {
+    "cupy13": ("--std=c++11", "-ftz=true", "-arch=sm_90", "--device-as-default-execution-space"),
+    "cupy14": ("--std=c++17", "-ftz=true", "-arch=sm_90", "--device-as-default-execution-space"),
+}
+
+
+@pytest.mark.parametrize("cupy_options", list(CUPY_OPTION_SETS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("module", _kernels.MODULES)
+def test_nvrtc_compiles_a_cubin_with_cupys_options(nvrtc, module, dtype, cupy_options):
+    source = (KERNELS / f"{module}.cu").read_bytes()
+    options = list(_kernels.compile_options(dtype)) + list(CUPY_OPTION_SETS[cupy_options])
+    rc, log, cubin = _nvrtc_compile(nvrtc, source, f"{module}.cu", options, cubin=True)
+    assert rc == 0, f"NVRTC failed on {module}.cu with {options}:\n{log}"
+    assert cubin[:4] == b"\x7fELF", "not a cubin"
+    # every kernel is a global function symbol with its own .text section in the ELF
+    entries = {e.decode() for e in re.findall(rb"\.text\.(gd_\w+)\x00", cubin)}
     assert entries == _expected_names(module, dtype)
 
 

@@ -547,15 +547,20 @@ def _solve_fft_fused(prob):
     R = _cache.cached(bk, prob.key("reg_power"), lambda: _reg_power(bk, prob, wdt)) if prob.use_reg else None
     lam = bk.xp.asarray(prob.lam.astype(wdt))
     alpha = bk.xp.asarray(prob.alpha.astype(wdt))
-    dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
-    # Judged against the data term's scale max |H|^2 (as on the CPU), not the whole denominator's.
-    _, hmax = _cuda.spectral_extrema(H, None, 0 * lam, 0 * alpha, (prob.B,), ndim=nd)
-    cf.check_extrema(bk.asnumpy(dmin), cf.singularity_scale(bk.asnumpy(dmax), bk.asnumpy(hmax)),
-                     np.finfo(wdt).eps, prob.lam, prob.alpha)
+    def extrema():
+        dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
+        # Judged against the data term's scale max |H|^2 (as on the CPU), not the whole denominator's.
+        _, hmax = _cuda.spectral_extrema(H, None, 0 * lam, 0 * alpha, (prob.B,), ndim=nd)
+        return bk.asnumpy(dmin), cf.singularity_scale(bk.asnumpy(dmax), bk.asnumpy(hmax))
+
+    # Cached like the spectra (same kernel, regularizers, lam, alpha, dtype: same denominator), so
+    # that a warm call neither reduces it again nor waits for the device; the check runs every call.
+    dmin, scale = _cache.cached(bk, prob.key("fft_fused_extrema"), extrema)
+    cf.check_extrema(dmin, scale, np.finfo(wdt).eps, prob.lam, prob.alpha)
     Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
     Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
     Y = _cuda.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
-    return bk.irfftn(Y, n)
+    return bk.irfftn(Y, n, overwrite_x=True)  # Y is a temporary: no copy of it for cuFFT's C2R
 
 
 def _dct_filters(prob, stats=None):
