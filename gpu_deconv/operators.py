@@ -29,6 +29,7 @@ from ._validation import (
     check_shape,
     finite_result,
     quiet_fp,
+    work_dtype,
 )
 
 __all__ = ["ConvolutionOperator"]
@@ -112,7 +113,7 @@ class ConvolutionOperator:
         check_mode_boundary_convention(mode, boundary, convention)
         dtype = check_dtype_arg(dtype)
         bk = get_backend(h=h)
-        h = as_float_array(bk, "h", h, dtype)
+        h = as_float_array(bk, "h", h, dtype, allow_complex=True)
         ndim = check_ndim(ndim, h.ndim)
         in_shape = check_shape("in_shape", in_shape)
         if len(in_shape) < ndim:
@@ -211,17 +212,25 @@ class ConvolutionOperator:
                 self.grid_shape, self._shifts())
 
     def spectrum(self, dtype: DTypeLike = None) -> Array:
-        """Transfer function on :attr:`grid_shape` (half spectrum of ``rfftn``).
+        """Transfer function on :attr:`grid_shape` for data of `dtype` (default: the kernel's).
 
-        Shape ``kernel_batch + rfft grid``; complex64 for float32, complex128 for float64.
+        For real data (float32/float64, real kernel) the half spectrum of
+        ``rfftn``, shape ``kernel_batch + rfft grid``; for complex data
+        (complex64/complex128, or any data with a complex kernel) the full
+        spectrum of ``fftn``, shape ``kernel_batch + grid_shape``. Complex64
+        for single precision, complex128 for double.
         """
-        dtype = np.dtype(self.dtype if dtype is None else dtype)
+        dtype = self._wdt(self.dtype if dtype is None else dtype)
         s = self._spectra.get(dtype)
         if s is None:
             s = kernel_spectrum(self._bk, self._h, self.grid_shape, self._shifts(), dtype,
                                 key=self.cache_key()[0])
             self._spectra[dtype] = s
         return s
+
+    def _wdt(self, dtype):
+        """Working dtype for data of `dtype`: its precision; complex if the data or kernel are."""
+        return work_dtype(dtype, self.dtype)
 
     def _power(self, dtype):
         key = ("power", dtype)
@@ -246,9 +255,13 @@ class ConvolutionOperator:
             own = "CuPy (GPU)" if bk.is_gpu else "NumPy (host)"
             raise TypeError(f"{name} is a {where} array but the operator's kernel is a {own} array")
         # Floating inputs keep their precision; integers take the operator's dtype= (float64).
+        # Complex inputs (or a complex kernel) make the data complex (full FFTs).
         kind = getattr(a, "dtype", np.dtype(float)).kind if hasattr(a, "dtype") else "f"
-        a = as_float_array(bk, name, a, None if kind == "f" else self._int_dtype,
-                           allow_empty=0 in tuple(spatial))
+        a = as_float_array(bk, name, a, None if kind in "fc" else self._int_dtype,
+                           allow_empty=0 in tuple(spatial), allow_complex=True)
+        wdt = self._wdt(a.dtype)
+        if a.dtype != wdt:
+            a = a.astype(wdt)
         nd = self.ndim
         if a.ndim < nd or tuple(a.shape[a.ndim - nd:]) != tuple(spatial):
             raise ValueError(
@@ -284,13 +297,17 @@ class ConvolutionOperator:
 
     __call__ = forward
 
-    def _fused(self):
+    def _fused(self, dtype=None):
         """Whether the custom CUDA kernels serve this operator (CuPy, kernels on, 1 to 3 axes).
 
         Then P is written straight into the FFT grid (no ``s=`` padding), E and
         P^T read the grid in one pass (crop, fold by gather), and E^T E is an
-        in-place mask; the NumPy path below is untouched.
+        in-place mask; the NumPy path below is untouched. The kernels are
+        instantiated for real data only: complex data (`dtype` complex, or a
+        complex kernel) take the generic CuPy path.
         """
+        if self.dtype.kind == "c" or (dtype is not None and np.dtype(dtype).kind == "c"):
+            return False
         return self._bk.is_gpu and _cuda.enabled(self._bk) and _cuda.supports_ndim(self.ndim)
 
     def _direct_plan(self):
@@ -303,6 +320,8 @@ class ConvolutionOperator:
         if self._direct is None:
             self._direct = False
             hh = self._bk.asnumpy(self._h)
+            if hh.dtype.kind == "c":  # complex kernels: the FFT path (the taps would need conj)
+                return None
             taps = np.count_nonzero(np.any(hh.reshape((-1,) + self.kernel_shape) != 0, axis=0))
             if taps <= DIRECT_MAX_TAPS:
                 plans = self._plans
@@ -312,29 +331,40 @@ class ConvolutionOperator:
                 self._direct = DirectPlan(hh, plans, self.boundary)
         return self._direct or None
 
+    def _promote(self, a):
+        """`a` in the working dtype (complex when the kernel is complex)."""
+        wdt = self._wdt(a.dtype)
+        return a if a.dtype == wdt else a.astype(wdt)
+
     def _forward(self, x, batch):
         xp = self._bk.xp
+        x = self._promote(x)
         if self._empty:
             return xp.zeros(batch + self.spatial_out_shape, dtype=x.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            return direct_forward(xp, x, self._h_as(x.dtype), dp, batch)
+            return direct_forward(xp, x, self._h_as(x.real.dtype), dp, batch)
         X = self._forward_spec(x)
-        if self._fused():
+        cplx = x.dtype.kind == "c"
+        if self._fused(x.dtype):
             return _cuda.crop(self._bk.irfftn(X, self.grid_shape), self.spatial_out_shape)
-        y = self._bk.irfftn(X, self.grid_shape)[_window(self._plans, "m")]
+        y = self._bk.ifft_any(X, self.grid_shape, cplx)[_window(self._plans, "m")]
         return xp.ascontiguousarray(y)
 
     def _h_as(self, dtype):
         return self._h if self._h.dtype == dtype else self._h.astype(dtype)
 
     def _forward_spec(self, x, keep_input=False):
-        """Spectrum of C P x (before extraction); optionally also that of P x."""
+        """Spectrum of C P x (before extraction); optionally also that of P x.
+
+        `x` is in the working dtype (see :meth:`_promote`): real data take the
+        half spectrum, complex data the full one.
+        """
         bk = self._bk
-        if self._fused():
+        if self._fused(x.dtype):
             XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
         else:
-            XE = bk.rfftn(pad(bk.xp, x, self._plans, self.boundary), self.grid_shape)
+            XE = bk.fft_any(pad(bk.xp, x, self._plans, self.boundary), self.grid_shape)
         H = self.spectrum(x.dtype)
         if keep_input:
             return XE * H, XE
@@ -360,26 +390,30 @@ class ConvolutionOperator:
 
     def _adjoint(self, y, batch):
         bk, xp = self._bk, self._bk.xp
+        y = self._promote(y)
         if self._empty:
             return xp.zeros(batch + self.spatial_in_shape, dtype=y.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            return direct_adjoint(xp, y, self._h_as(y.dtype), dp, batch)
-        if self._fused():
-            return self._adjoint_spec(bk.rfftn(_cuda.embed(y, self.grid_shape), self.grid_shape))
-        Y = bk.rfftn(y, self.grid_shape)
-        return self._adjoint_spec(Y)
+            return direct_adjoint(xp, y, self._h_as(y.real.dtype), dp, batch)
+        cplx = y.dtype.kind == "c"
+        if self._fused(y.dtype):
+            return self._adjoint_spec(bk.rfftn(_cuda.embed(y, self.grid_shape), self.grid_shape), cplx)
+        Y = bk.fft_any(y, self.grid_shape)
+        return self._adjoint_spec(Y, cplx)
 
-    def _adjoint_spec(self, Y, conj_done=False):
+    def _adjoint_spec(self, Y, cplx=False, conj_done=False):
+        """``P^T E_ext`` of the inverse transform of ``conj(H) Y`` (Y full spectrum if `cplx`)."""
         bk, xp = self._bk, self._bk.xp
+        wdt = Y.dtype if cplx else Y.real.dtype
         if not conj_done:
-            Y = _times_fresh(Y, self._conj_spectrum(Y.real.dtype))
-        if self._fused():
+            Y = _times_fresh(Y, self._conj_spectrum(wdt))
+        if self._fused(wdt):
             v = bk.irfftn(Y, self.grid_shape)
             if all(p.L == 0 and p.R == 0 for p in self._plans):  # P^T is E^T: a crop
                 return _cuda.crop(v, self.spatial_in_shape)
             return _cuda.fold_from_grid(v, self._plans, self.boundary)
-        v = bk.irfftn(Y, self.grid_shape)[_window(self._plans, "n_ext")]
+        v = bk.ifft_any(Y, self.grid_shape, cplx)[_window(self._plans, "n_ext")]
         if self.boundary == "zero":
             return xp.ascontiguousarray(v)
         return fold(xp, v, self._plans, self.boundary)
@@ -397,25 +431,27 @@ class ConvolutionOperator:
 
     def _normal(self, x, batch):
         bk, xp = self._bk, self._bk.xp
+        x = self._promote(x)
         if self._empty:
             return xp.zeros(batch + self.spatial_in_shape, dtype=x.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            h = self._h_as(x.dtype)
+            h = self._h_as(x.real.dtype)
             return direct_adjoint(xp, direct_forward(xp, x, h, dp, batch), h, dp, batch)
-        if self._fused():
+        cplx = x.dtype.kind == "c"
+        if self._fused(x.dtype):
             if self._one_pass_normal:
                 XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
-                return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
+                return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), False, conj_done=True)
             # E^T E on the grid as an in-place mask: no crop, no zero-filled copy.
             v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape))
             return self._adjoint_spec(bk.rfftn(_cuda.mask_window(v, self.spatial_out_shape),
                                                self.grid_shape))
         if self._one_pass_normal:
-            XE = bk.rfftn(pad(xp, x, self._plans, self.boundary), self.grid_shape)
-            return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
-        y = bk.irfftn(self._forward_spec(x), self.grid_shape)[_window(self._plans, "m")]
-        return self._adjoint_spec(bk.rfftn(y, self.grid_shape))
+            XE = bk.fft_any(pad(xp, x, self._plans, self.boundary), self.grid_shape)
+            return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), cplx, conj_done=True)
+        y = bk.ifft_any(self._forward_spec(x), self.grid_shape, cplx)[_window(self._plans, "m")]
+        return self._adjoint_spec(bk.fft_any(y, self.grid_shape), cplx)
 
     # -------------------------------------------------------------- matrix
     def to_matrix(self, sparse: bool = False):
@@ -458,7 +494,7 @@ class ConvolutionOperator:
             raise ValueError(f"to_matrix would store {M * K * nb} entries (outputs x taps); "
                              f"the limit is {MAX_SPARSE_ENTRIES}: use a smaller in_shape")
         rows, cols, tap = self._coo_pattern()
-        h = self._bk.asnumpy(self._h).astype(np.float64 if self.dtype == np.float64 else np.float32)
+        h = self._bk.asnumpy(self._h)
         hflat = h.reshape(self.kernel_batch + (K,))
         if sparse:
             import scipy.sparse as sp
@@ -541,8 +577,11 @@ class _AdjointView:
         return self._op.forward(x)
 
     def to_matrix(self, sparse: bool = False):
+        """The conjugate transpose of the operator's matrix."""
         m = self._op.to_matrix(sparse=sparse)
-        return m.T if sparse else self._op.backend.xp.swapaxes(m, -1, -2)
+        if sparse:
+            return m.T.conj() if m.dtype.kind == "c" else m.T
+        return self._op.backend.xp.swapaxes(m, -1, -2).conj()
 
     def __repr__(self):
         return f"{self._op!r}.H"
