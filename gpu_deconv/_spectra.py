@@ -181,12 +181,14 @@ def kernel_spectrum(bk, h, grid, shifts, dtype, key=None):
 def weighted_power(bk, terms, grid, dtype):
     """``sum_i w_i |rfftn(g_i on grid)|^2`` over ``(w_i, g_i)`` pairs; ``g_i = None`` is the identity.
 
-    Real half spectrum of `grid`; None for no terms.
+    Real half spectrum of `grid`; None for no terms. A complex `dtype` (complex
+    data) gives the full grid, in the real precision.
     """
-    spec = tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
+    full = np.dtype(dtype).kind == "c"
+    spec = tuple(grid) if full else tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
     R = None
     for w, g in terms:
-        P = bk.xp.ones(spec, dtype=dtype) if g is None else kernel_power(bk, g, grid, dtype)
+        P = bk.xp.ones(spec, dtype=np.finfo(dtype).dtype) if g is None else kernel_power(bk, g, grid, dtype)
         if w != 1:
             P = w * P
         R = P if R is None else R + P
