@@ -158,7 +158,9 @@ def sq_norm(xp, a) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
         if a.flags.c_contiguous:
             f = a.reshape(-1)
-            return float(xp.vdot(f, f).real)
+            if f.dtype.kind == "c":  # as interleaved real pairs: a real BLAS dot (vdot is slower)
+                f = f.view(f.real.dtype)
+            return float(xp.dot(f, f))
         if a.dtype.kind == "c":
             return float((a.real * a.real + a.imag * a.imag).sum())
         return float((a * a).sum())

@@ -56,23 +56,25 @@ def _check_axes(axes, x, h):
     if x.ndim != h.ndim:
         raise ValueError(f"with axes=, x and h must have the same number of dimensions; "
                          f"got shapes x {tuple(x.shape)}, h {tuple(h.shape)}")
+    # The messages follow scipy.signal.fftconvolve's.
     if isinstance(axes, (numbers.Integral, np.integer)) and not isinstance(axes, bool):
         axes = (axes,)
     try:
         ax = [operator.index(a) for a in axes]
-    except TypeError as exc:
-        raise TypeError(f"axes must be an integer or a sequence of integers; got {axes!r}") from exc
-    if any(a < -x.ndim or a >= x.ndim for a in ax):
-        raise ValueError(f"axes {axes!r} out of range for arrays of {x.ndim} dimensions")
-    ax = [a % x.ndim for a in ax]
+    except TypeError:
+        raise ValueError(f"axes must be a scalar or iterable of integers; got {axes!r}") from None
     if not ax:
-        raise ValueError("axes, when given, must not be empty (as in scipy.signal.fftconvolve)")
+        raise ValueError("when provided, axes cannot be empty")
+    if any(a < -x.ndim or a >= x.ndim for a in ax):
+        raise ValueError(f"axes exceeds dimensionality of input: axes={axes!r}, x and h have {x.ndim} "
+                         "dimensions")
+    ax = [a % x.ndim for a in ax]
     if len(set(ax)) != len(ax):
-        raise ValueError(f"axes must be unique; got {axes!r}")
+        raise ValueError(f"all axes must be unique; got axes={axes!r}")
     for a in range(x.ndim):
         if a not in ax and x.shape[a] != h.shape[a] and 1 not in (x.shape[a], h.shape[a]):
-            raise ValueError(f"axis {a} is not convolved, so x and h must broadcast there; "
-                             f"got shapes x {tuple(x.shape)}, h {tuple(h.shape)}")
+            raise ValueError(f"incompatible shapes for in1 and in2: {tuple(x.shape)} and {tuple(h.shape)} "
+                             f"(x and h must broadcast along axis {a}, which is not convolved)")
     return sorted(ax)
 
 
@@ -85,8 +87,8 @@ def _swap_needed(mode, convention, xs, hs, axes):
     ok2 = all(hs[a] >= xs[a] for a in axes)
     if not (ok1 or ok2):
         raise ValueError(
-            "mode='valid' needs one input at least as large as the other in every convolved axis; "
-            f"got shapes x {tuple(xs)}, h {tuple(hs)}"
+            "For 'valid' mode, one must be at least as large as the other in every dimension "
+            f"(convolved axes); got shapes x {tuple(xs)}, h {tuple(hs)}"
         )
     return not ok1
 

@@ -62,9 +62,9 @@ class ConvolutionOperator:
     Parameters
     ----------
     h : array_like
-        Kernel (NumPy or CuPy array). Its trailing `ndim` axes are the kernel;
-        leading axes, if ``ndim < h.ndim``, hold one kernel per image and
-        broadcast against the batch axes of the input.
+        Kernel (NumPy or CuPy array, real or complex). Its trailing `ndim`
+        axes are the kernel; leading axes, if ``ndim < h.ndim``, hold one
+        kernel per image and broadcast against the batch axes of the input.
     in_shape : tuple of int
         Shape of the input. Its last `ndim` entries are the spatial shape; any
         leading entries fix a batch shape (otherwise any batch is accepted).
@@ -89,6 +89,12 @@ class ConvolutionOperator:
 
     Notes
     -----
+    Real data with a real kernel run on real FFTs (half spectra). Complex data
+    (or a complex kernel) run on full complex FFTs in the data's precision
+    (complex64 / complex128); the adjoint is then the conjugate transpose and
+    :meth:`to_matrix` is complex for a complex kernel. Real input to an
+    operator with a complex kernel is promoted to complex.
+
     The transfer functions are computed once per operator and dtype, and are
     shared through a bounded cache with other operators of the same kernel
     and geometry. :meth:`normal` uses a single FFT pair where ``E^T E`` is the

@@ -341,9 +341,10 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
     prob = build_problem(y, h, lam=lam, reg=reg, mode=mode, boundary=boundary, convention=convention,
                          alpha=alpha, z=z, x0=x0, ndim=ndim, dtype=dtype)
     method = choose_method(prob, method)
-    if prob.dtype.kind == "c" and prob.real_ops:
+    if prob.dtype.kind == "c" and prob.real_ops and method in ("dct", "cg"):
         # Real kernels and regularizers: the solution map is real-linear, so the real and
-        # imaginary parts are two real problems (every method and its real-FFT speed).
+        # imaginary parts are two real problems (the DCT, the band preconditioner and the GPU's
+        # fused CG need real data). The DFT closed forms run on the full spectrum instead.
         from .complex_solve import solve_split
 
         x, info = solve_split(prob, method, _solve_problem, rtol=rtol, maxiter=maxiter,
