@@ -15,12 +15,14 @@ import math
 import numpy as np
 
 from . import _cache, _cuda
+from ._axes import check_axes, from_last, natural_shape, to_last
 from ._backend import get_backend, is_cupy_array
 from ._direct import DirectPlan, direct_adjoint, direct_forward
 from ._padding import fold, output_length, pad, plan_axis, source_index
 from ._spectra import abs2, kernel_spectrum
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import (
+    as_array,
     as_float_array,
     broadcast_batch,
     check_dtype_arg,
@@ -79,6 +81,14 @@ class ConvolutionOperator:
     dtype : {None, float32, float64}, optional
         Working precision for integer inputs (default float64). Floating inputs
         are computed in their own precision (float32 stays float32).
+    axes : int or sequence of int, optional
+        The axes of `in_shape` (the full shape, batch included) that the
+        kernel's axes act along, in the kernel's order: channels-last images
+        ``(H, W, C)`` with a 2-D kernel take ``axes=(0, 1)``. Inputs and
+        outputs keep that layout (`in_shape`/`out_shape` too); the other axes
+        are a fixed batch. Mutually exclusive with `ndim`. :meth:`to_matrix`
+        and :meth:`aslinearoperator` act on one image with its spatial axes in
+        the order of `axes`.
 
     Attributes
     ----------
@@ -115,13 +125,21 @@ class ConvolutionOperator:
 
     def __init__(self, h: ArrayLike, in_shape: int | tuple[int, ...], mode: Mode = "full", *,
                  boundary: Boundary = "zero", convention: Convention = "scipy", ndim: int | None = None,
-                 dtype: DTypeLike = None) -> None:
+                 dtype: DTypeLike = None, axes=None) -> None:
         check_mode_boundary_convention(mode, boundary, convention)
         dtype = check_dtype_arg(dtype)
         bk = get_backend(h=h)
         h = as_float_array(bk, "h", h, dtype, allow_complex=True)
-        ndim = check_ndim(ndim, h.ndim)
         in_shape = check_shape("in_shape", in_shape)
+        self._axes = None
+        if axes is not None:
+            if ndim is not None:
+                raise ValueError(f"axes= and ndim= are mutually exclusive (per-image kernels use ndim=); "
+                                 f"got axes={axes!r}, ndim={ndim!r}")
+            self._axes = check_axes(axes, len(in_shape), h.ndim)
+            in_shape = tuple(in_shape[a] for a in range(len(in_shape)) if a not in self._axes) + tuple(
+                in_shape[a] for a in self._axes)
+        ndim = check_ndim(ndim, h.ndim)
         if len(in_shape) < ndim:
             raise ValueError(
                 f"in_shape {in_shape} has fewer axes than the kernel's {ndim} spatial axes "
@@ -170,6 +188,8 @@ class ConvolutionOperator:
     @property
     def in_shape(self) -> tuple[int, ...]:
         b = self._fixed_batch or ()
+        if self._axes is not None:
+            return natural_shape(b, self.spatial_in_shape, self._axes)
         return b + self.spatial_in_shape
 
     @property
@@ -177,7 +197,25 @@ class ConvolutionOperator:
         if self._fixed_batch is None:
             return self.spatial_out_shape
         b = broadcast_batch("in_shape", self._fixed_batch, "h", self.kernel_batch)
+        if self._axes is not None:
+            return natural_shape(tuple(b), self.spatial_out_shape, self._axes)
         return tuple(b) + self.spatial_out_shape
+
+    def _along(self, fn, a):
+        """Apply ``fn`` (trailing spatial axes) to `a` laid out with spatial axes at `axes=`."""
+        if self._axes is None:
+            return fn(a)
+        xp = self._bk.xp
+        a = self._check_layout(a)
+        return xp.ascontiguousarray(from_last(xp, fn(to_last(xp, a, self._axes)), self._axes))
+
+    def _check_layout(self, a):
+        if not hasattr(a, "ndim") or a.ndim != len(self._fixed_batch) + self.ndim:
+            a = as_array(self._bk, "x", a)
+            if a.ndim != len(self._fixed_batch) + self.ndim:
+                raise ValueError(f"with axes={self._axes}, the input must have {len(self.in_shape)} "
+                                 f"dimensions; got shape {tuple(a.shape)}")
+        return a
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -296,6 +334,9 @@ class ConvolutionOperator:
             Shape ``(..., *spatial_out_shape)``, same array module and
             floating dtype as `x`.
         """
+        return self._along(self._forward_checked, x)
+
+    def _forward_checked(self, x):
         x, batch = self._check_input("x", x, self.spatial_in_shape)
         with quiet_fp():
             out = self._forward(x, batch)
@@ -389,6 +430,9 @@ class ConvolutionOperator:
         array
             Shape ``(..., *spatial_in_shape)``.
         """
+        return self._along(self._adjoint_checked, y)
+
+    def _adjoint_checked(self, y):
         y, batch = self._check_input("y", y, self.spatial_out_shape)
         with quiet_fp():
             out = self._adjoint(y, batch)
@@ -430,6 +474,9 @@ class ConvolutionOperator:
         One FFT pair for circular and for full + zero boundary (where
         ``E^T E`` acts as the identity), two pairs otherwise.
         """
+        return self._along(self._normal_checked, x)
+
+    def _normal_checked(self, x):
         x, batch = self._check_input("x", x, self.spatial_in_shape)
         with quiet_fp():
             out = self._normal(x, batch)
@@ -551,8 +598,8 @@ class ConvolutionOperator:
         sin, sout = self.spatial_in_shape, self.spatial_out_shape
         return LinearOperator(
             self.shape, dtype=self.dtype,
-            matvec=lambda v: self.forward(np.asarray(v).reshape(sin)).ravel(),
-            rmatvec=lambda v: self.adjoint(np.asarray(v).reshape(sout)).ravel(),
+            matvec=lambda v: self._forward_checked(np.asarray(v).reshape(sin)).ravel(),
+            rmatvec=lambda v: self._adjoint_checked(np.asarray(v).reshape(sout)).ravel(),
         )
 
 

@@ -277,3 +277,65 @@ def test_axes_errors(rng):
         gd.convolve(x, h, axes="1")
     with pytest.raises(ValueError, match="empty"):
         gd.convolve(x, h, axes=[])
+
+
+# ------------------------------------------------ axes= on ConvolutionOperator and deconvolve
+@pytest.mark.parametrize("mode", ["full", "same", "valid", "circular"])
+def test_operator_axes_channels_last(rng, mode):
+    h = crandn(rng, (3, 4))
+    x = crandn(rng, (9, 8, 3))  # (H, W, C)
+    A = gd.ConvolutionOperator(h, (9, 8, 3), mode, axes=(0, 1))
+    ref_op = gd.ConvolutionOperator(h, (3, 9, 8), mode)
+    assert A.in_shape == (9, 8, 3)
+    assert A.out_shape == ref_op.out_shape[1:] + (3,)
+    y = A.forward(x)
+    close(y, np.moveaxis(ref_op.forward(np.moveaxis(x, -1, 0)), 0, -1), np.complex128)
+    r = crandn(rng, y.shape)
+    close(A.adjoint(r), np.moveaxis(ref_op.adjoint(np.moveaxis(r, -1, 0)), 0, -1), np.complex128)
+    close(A.normal(x), A.adjoint(y), np.complex128)
+    assert abs(np.vdot(y, r) - np.vdot(x, A.adjoint(r))) <= 1e-12 * np.linalg.norm(y) * np.linalg.norm(r) * 10
+    close(A.H.forward(r), A.adjoint(r), np.complex128)
+
+
+def test_operator_axes_order_maps_kernel_axes(rng):
+    h = rng.standard_normal((3, 4))
+    x = rng.standard_normal((2, 9, 8))
+    B = gd.ConvolutionOperator(h, (2, 9, 8), "same", axes=(2, 1))  # kernel axis 0 along data axis 2
+    want = np.swapaxes(gd.convolve(np.swapaxes(x, 1, 2), h, "same"), 1, 2)
+    close(B.forward(x), want, np.float64)
+
+
+def test_deconvolve_axes_channels_last(rng):
+    h = rng.standard_normal((3, 3))
+    y = crandn(rng, (10, 9, 3))
+    lam = [1e-2, 1e-1, 1.0]  # one per channel (the batch axes, in order)
+    x, info = gd.deconvolve(y, h, mode="same", boundary="symmetric", lam=lam, axes=(0, 1), rtol=1e-10,
+                            return_info=True)
+    ref = gd.deconvolve(np.moveaxis(y, -1, 0), h, mode="same", boundary="symmetric", lam=lam, rtol=1e-10)
+    assert x.shape == y.shape and info.converged.shape == (3,)
+    close(x, np.moveaxis(ref, 0, -1), np.complex128)
+    z = crandn(rng, (12, 11, 3))
+    xv = gd.deconvolve(y, h, mode="valid", alpha=0.5, z=z, axes=(0, 1), rtol=1e-10)
+    refv = gd.deconvolve(np.moveaxis(y, -1, 0), h, mode="valid", alpha=0.5, z=np.moveaxis(z, -1, 0),
+                         rtol=1e-10)
+    close(xv, np.moveaxis(refv, 0, -1), np.complex128)
+
+
+def test_operator_and_deconvolve_axes_errors(rng):
+    h = rng.standard_normal((3, 3))
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        gd.ConvolutionOperator(h, (8, 8, 3), axes=(0, 1), ndim=2)
+    with pytest.raises(ValueError, match="one data axis per kernel axis"):
+        gd.ConvolutionOperator(h, (8, 8, 3), axes=(0,))
+    with pytest.raises(ValueError, match="unique"):
+        gd.ConvolutionOperator(h, (8, 8, 3), axes=(0, -3))
+    A = gd.ConvolutionOperator(h, (8, 8, 3), axes=(0, 1))
+    with pytest.raises(ValueError, match="dimensions"):
+        A.forward(np.ones((8, 8)))
+    with pytest.raises(ValueError, match="trailing shape|shape"):
+        A.forward(np.ones((8, 3, 8)))
+    y = rng.standard_normal((8, 8, 3))
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        gd.deconvolve(y, h, axes=(0, 1), ndim=2)
+    with pytest.raises(ValueError, match="number of dimensions"):
+        gd.deconvolve(y, h, alpha=1.0, z=np.ones((8, 8)), axes=(0, 1))

@@ -12,6 +12,7 @@ from .._backend import get_backend, is_cupy_array
 from .._spectra import abs2, kernel_power, weighted_power
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
 from .._validation import (
+    as_array,
     as_float_array,
     broadcast_batch,
     check_choice,
@@ -222,7 +223,7 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
                z: ArrayLike | None = None, method: Method = "auto", rtol: float = 1e-6,
                maxiter: int | None = None, x0: ArrayLike | None = None, return_info: bool = False,
                precondition: bool | str = True, ndim: int | None = None, dtype: DTypeLike = None,
-               batch_size: int | str | None = None) -> Array | tuple[Array, SolveInfo]:
+               batch_size: int | str | None = None, axes=None) -> Array | tuple[Array, SolveInfo]:
     """Exact regularized least-squares deconvolution, batched, on NumPy or CuPy.
 
     Solves, for each image of the batch,
@@ -291,6 +292,12 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
         that runs out of memory is retried in halves. An int: chunks of that
         many images. The images are independent, so chunks change nothing
         in the answer.
+    axes : int or sequence of int, optional
+        The axes of `y` that the kernel's axes act along, in the kernel's
+        order (channels-last data ``(H, W, C)`` with a 2-D kernel:
+        ``axes=(0, 1)``); the other axes are the batch, in their order (so
+        per-image `lam`/`alpha` have their shape), and `z`/`x0` have y's
+        rank. The answer has y's layout. Mutually exclusive with `ndim`.
 
     Returns
     -------
@@ -329,6 +336,11 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
     >>> x.shape, info.method, bool(info.converged.all())
     ((32, 32), 'cg', True)
     """
+    if axes is not None:
+        return _deconvolve_along(axes, y, h, z, x0, ndim, return_info, dict(
+            lam=lam, reg=reg, mode=mode, boundary=boundary, convention=convention, alpha=alpha,
+            method=method, rtol=rtol, maxiter=maxiter, precondition=precondition, dtype=dtype,
+            batch_size=batch_size))
     check_mode_boundary_convention(mode, boundary, convention)
     check_choice("method", method, METHODS)
     rtol = check_positive("rtol", rtol)
@@ -374,6 +386,33 @@ def _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch
     if unsafe:  # a closed form whose output is bounded below overflow skips this pass
         finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
     return x.reshape(tuple(prob.batch) + tuple(prob.n)), info
+
+
+def _deconvolve_along(axes, y, h, z, x0, ndim, return_info, kw):
+    """deconvolve with the kernel acting along `axes` of y (moved to the end and back)."""
+    from .._axes import check_axes, from_last, to_last
+
+    if ndim is not None:
+        raise ValueError(f"axes= and ndim= are mutually exclusive (per-image kernels use ndim=); "
+                         f"got axes={axes!r}, ndim={ndim!r}")
+    bk = get_backend(y=y, h=h, z=z, x0=x0)
+    ya, ha = as_array(bk, "y", y), as_array(bk, "h", h)
+    ax = check_axes(axes, ya.ndim, ha.ndim)
+
+    def moved(name, a):
+        if a is None:
+            return None
+        a = as_array(bk, name, a)
+        if a.ndim != ya.ndim:
+            raise ValueError(f"with axes=, {name} must have y's number of dimensions ({ya.ndim}); "
+                             f"got shape {tuple(a.shape)}")
+        return to_last(bk.xp, a, ax)
+
+    res = deconvolve(to_last(bk.xp, ya, ax), ha, z=moved("z", z), x0=moved("x0", x0),
+                     return_info=return_info, **kw)
+    x, info = res if return_info else (res, None)
+    x = bk.xp.ascontiguousarray(from_last(bk.xp, x, ax))
+    return (x, info) if return_info else x
 
 
 def _warn_unconverged(info, rtol, maxiter):
