@@ -4,8 +4,8 @@ Copies SciPy's tests of convolve, correlate, fftconvolve, oaconvolve, convolve2d
 correlate2d (scipy/signal/tests/test_signaltools.py) verbatim, with a header that routes those
 six names (and ``signal.<name>``) to gpu_deconv through thin adapters, and with the few places
 where a test computes its *reference* with the function under test (``method='direct'``)
-pointed back at SciPy. Deliberate differences are listed in ``DELIBERATE`` and become
-``xfail(strict=True)`` with the reason. Run: ``python tests/make_scipy_suite.py``.
+pointed back at SciPy. Deliberate differences are listed in tests/scipy_routing.py
+(``DELIBERATE``) and applied per test by an autouse fixture. Run: ``python tests/make_scipy_suite.py``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ scipy/signal/tests/test_signaltools.py (BSD-3-Clause, Copyright (c) 2001-2002 En
 2003, SciPy Developers); do not edit by hand. The test bodies are SciPy's; only the names
 below are rerouted. Reference values are SciPy's (literals, NumPy, or SciPy itself where a
 test compared two methods of the function under test). Deliberate differences are strict
-xfails with the reason (see the README's "Differences from SciPy"). SciPy's slow tests carry
-the ``scipy_full`` marker (deselected by default; run with ``-m scipy_full``).
+xfails with the reason (see the README's "Differences from SciPy"), except the integer output
+dtype: those tests run with our float output rounded and cast to SciPy's integer dtype, so their
+values are compared. SciPy's slow tests carry the ``scipy_full`` marker (deselected by default;
+run with ``-m scipy_full``).
 """
 # ruff: noqa
 import sys

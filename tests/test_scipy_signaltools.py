@@ -5,8 +5,10 @@ scipy/signal/tests/test_signaltools.py (BSD-3-Clause, Copyright (c) 2001-2002 En
 2003, SciPy Developers); do not edit by hand. The test bodies are SciPy's; only the names
 below are rerouted. Reference values are SciPy's (literals, NumPy, or SciPy itself where a
 test compared two methods of the function under test). Deliberate differences are strict
-xfails with the reason (see the README's "Differences from SciPy"). SciPy's slow tests carry
-the ``scipy_full`` marker (deselected by default; run with ``-m scipy_full``).
+xfails with the reason (see the README's "Differences from SciPy"), except the integer output
+dtype: those tests run with our float output rounded and cast to SciPy's integer dtype, so their
+values are compared. SciPy's slow tests carry the ``scipy_full`` marker (deselected by default;
+run with ``-m scipy_full``).
 """
 # ruff: noqa
 import sys
