@@ -185,3 +185,20 @@ def test_cg_hermitian_systems(rng):
     assert rel_err(x, np.linalg.solve(M, b[..., None])[..., 0]) <= 1e-8
     with pytest.raises(TypeError, match="real floating"):
         gd.cg(lambda v: v + 0j, b.real.copy(), ndim=1)
+
+
+@pytest.mark.parametrize("method", ["cg", "dct"])
+def test_real_split_per_image_kernels_in_chunks(rng, method):
+    """Per-image real kernels, complex data, chunks of one image: the split doubles the kernels too."""
+    if method == "cg":
+        hs = rng.standard_normal((2, 3, 3))
+    else:
+        hs = np.stack([np.outer([1, 2, 1], [1, 2, 1]) / 16, np.outer([1, 4, 1], [1, 4, 1]) / 36])
+    y = crandn(rng, (2, 8, 8))
+    lam = [0.1, 0.3]
+    x, info = gd.deconvolve(y, hs, mode="same", boundary="symmetric", lam=lam, ndim=2, rtol=1e-12,
+                            method=method, return_info=True, batch_size=1)
+    assert info.method == method and info.converged.all()
+    for b in range(2):
+        xd = dense_deconvolve(y[b], hs[b], "same", "symmetric", lam[b], 0, None, None, (8, 8))
+        assert rel_err(x[b], xd) <= 1e-8
