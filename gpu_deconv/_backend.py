@@ -170,9 +170,11 @@ class Backend:
 
     # Real transforms over the trailing `ndim` axes. `s` is the grid: inputs
     # are zero-filled (or cropped) to it, which is exactly the embedding E^T.
+    def _trailing(self, fn, a, s):
+        return fn(a, s=s, axes=tuple(range(-len(s), 0)), **self._kw())
+
     def rfftn(self, a, s):
-        axes = tuple(range(-len(s), 0))
-        return self._fft.rfftn(a, s=s, axes=axes, **self._kw())
+        return self._trailing(self._fft.rfftn, a, s)
 
     def irfftn(self, a, s, *, overwrite_x=False):
         """Inverse of :meth:`rfftn` on the grid `s`.
@@ -180,9 +182,25 @@ class Backend:
         ``overwrite_x=True`` lets cuFFT clobber `a` (pass it for a temporary)
         rather than CuPy copying it first; the NumPy path ignores it.
         """
-        axes = tuple(range(-len(s), 0))
-        kw = self._kw() if self.name == "numpy" else {"overwrite_x": bool(overwrite_x)}
-        return self._fft.irfftn(a, s=s, axes=axes, **kw)
+        if self.name == "numpy":
+            return self._trailing(self._fft.irfftn, a, s)
+        return self._fft.irfftn(a, s=s, axes=tuple(range(-len(s), 0)), overwrite_x=bool(overwrite_x))
+
+    # Complex transforms over the trailing axes, for complex data (full spectrum).
+    def fftn(self, a, s):
+        return self._trailing(self._fft.fftn, a, s)
+
+    def ifftn(self, a, s):
+        return self._trailing(self._fft.ifftn, a, s)
+
+    # Either pair, by the data: real arrays take the half spectrum (rfftn), complex ones the full.
+    def fft_any(self, a, s):
+        """``rfftn`` of a real array, ``fftn`` of a complex one (grid `s`, trailing axes)."""
+        return self.fftn(a, s) if a.dtype.kind == "c" else self.rfftn(a, s)
+
+    def ifft_any(self, A, s, complex_data):
+        """Inverse of :meth:`fft_any`: ``ifftn`` when the data are complex, else ``irfftn``."""
+        return self.ifftn(A, s) if complex_data else self.irfftn(A, s)
 
     def dctn(self, a, ndim):
         axes = tuple(range(-ndim, 0))

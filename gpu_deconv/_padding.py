@@ -115,9 +115,10 @@ def _gpu_kernels(xp, a, plans):
     """Whether the one-pass CUDA kernels take this pad/fold (CuPy, enabled, 1-3 axes, something to do).
 
     The per-axis loops below stay the NumPy path, and the CuPy path when the
-    kernels are off (``GPU_DECONV_DISABLE_KERNELS``).
+    kernels are off (``GPU_DECONV_DISABLE_KERNELS``) or the data are complex
+    (the kernels are instantiated for float and double only).
     """
-    return (xp is not np and _cuda.enabled(xp) and _cuda.supports_ndim(len(plans))
+    return (xp is not np and a.dtype.kind != "c" and _cuda.enabled(xp) and _cuda.supports_ndim(len(plans))
             and any(p.L or p.R for p in plans) and a.flags.c_contiguous)
 
 

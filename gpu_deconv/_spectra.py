@@ -105,7 +105,8 @@ def kernel_rfft(bk, h, grid, shifts, dtype):
     """rfftn over `grid` of kernel `h` placed with tap i at ``(i - shift) mod G`` per axis.
 
     `h` may carry leading kernel-batch axes (then no factorization is tried).
-    Complex64 for float32, complex128 for float64.
+    Complex64 for float32, complex128 for float64. `h` must be real (complex
+    kernels and complex data take :func:`kernel_fft`).
     """
     xp = bk.xp
     nd = len(grid)
@@ -132,6 +133,14 @@ def kernel_rfft(bk, h, grid, shifts, dtype):
     return bk.rfftn(_embed_nd(xp, h, grid, shifts, dtype), grid)
 
 
+def kernel_fft(bk, h, grid, shifts, dtype):
+    """Full ``fftn`` spectrum of `h` placed as in :func:`kernel_rfft`, for complex data or kernels.
+
+    `dtype` is complex64 or complex128; `h` may be real or complex.
+    """
+    return bk.fftn(_embed_nd(bk.xp, h, grid, shifts, np.dtype(dtype)), grid)
+
+
 def kernel_power(bk, h, grid, dtype):
     """``|rfftn(h on grid)|^2`` (real, half spectrum); independent of where the kernel sits.
 
@@ -143,6 +152,10 @@ def kernel_power(bk, h, grid, dtype):
     xp = bk.xp
     nd = len(grid)
     dtype = np.dtype(dtype)
+    if dtype.kind == "c" or h.dtype.kind == "c":
+        # Complex data or kernel: the power on the full grid (no Hermitian half).
+        cdt = np.complex64 if dtype in (np.float32, np.complex64) else np.complex128
+        return abs2(kernel_fft(bk, h, grid, (0,) * nd, cdt))
     if h.ndim == nd and nd >= 2:
         terms = separable_terms(bk.asnumpy(h), dtype=dtype)
         if terms is not None:
@@ -173,6 +186,9 @@ def kernel_spectrum(bk, h, grid, shifts, dtype, key=None):
     dtype = np.dtype(dtype)
     if key is None:
         key = _cache.content_key(bk, h)
+    if dtype.kind == "c":  # complex data: the full spectrum
+        return _cache.cached(bk, ("fft", key, len(grid), tuple(grid), tuple(shifts), dtype.str),
+                             lambda: kernel_fft(bk, h, grid, shifts, dtype))
     return _cache.cached(bk, ("rfft", key, len(grid), tuple(grid), tuple(shifts), dtype.str),
                          lambda: kernel_rfft(bk, h, grid, shifts, dtype))
 
@@ -180,13 +196,15 @@ def kernel_spectrum(bk, h, grid, shifts, dtype, key=None):
 def weighted_power(bk, terms, grid, dtype):
     """``sum_i w_i |rfftn(g_i on grid)|^2`` over ``(w_i, g_i)`` pairs; ``g_i = None`` is the identity.
 
-    Real half spectrum of `grid`; None for no terms.
+    Real half spectrum of `grid`; None for no terms. A complex `dtype` (complex
+    data) gives the full grid, in the real precision.
     """
-    spec = tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
+    full = np.dtype(dtype).kind == "c"
+    spec = tuple(grid) if full else tuple(grid[:-1]) + (grid[-1] // 2 + 1,)
     R = None
     for w, g in terms:
-        P = bk.xp.ones(spec, dtype=dtype) if g is None else _clean_power(bk, kernel_power(bk, g, grid, dtype),
-                                                                          g, dtype)
+        P = bk.xp.ones(spec, dtype=np.finfo(dtype).dtype) if g is None else _clean_power(
+            bk, kernel_power(bk, g, grid, dtype), g, np.finfo(dtype).dtype)
         if w != 1:
             P = w * P
         R = P if R is None else R + P

@@ -52,22 +52,45 @@ def check_dtype_arg(dtype):
     return dt
 
 
-def float_dtype(name, dt, dtype=None):
+def float_dtype(name, dt, dtype=None, *, allow_complex=False):
     """Working floating dtype for an array of dtype `dt`.
 
     float32 (and float16) compute in float32, float64 in float64; bool and
-    integers are promoted to float64 unless `dtype` says otherwise.
+    integers are promoted to float64 unless `dtype` says otherwise. With
+    `allow_complex`, complex64 stays complex64 and complex128 (and longer)
+    becomes complex128; `dtype` then only sets the precision (float32 ->
+    complex64, float64 -> complex128).
     """
     dt = np.dtype(dt)
-    if dt.kind == "c":
-        raise TypeError(f"{name} must be real; complex input ({dt}) is not supported")
-    if dt.kind not in "biuf":
+    if dt.kind == "c" and not allow_complex:
+        raise TypeError(f"{name} must be real; complex input ({dt}) is not supported here")
+    if dt.kind not in "biufc":
         raise TypeError(f"{name} must hold real numbers; got dtype {dt}")
     if dtype is not None:
-        return dtype
+        dtype = np.dtype(dtype)
+        return complex_dtype(dtype) if dt.kind == "c" else real_dtype(dtype)
+    if dt.kind == "c":
+        return np.dtype(np.complex64 if dt.itemsize <= 8 else np.complex128)
     if dt.kind == "f" and dt.itemsize <= 4:
         return np.dtype(np.float32)
     return np.dtype(np.float64)
+
+
+def real_dtype(dt):
+    """The real precision of a floating or complex dtype (complex64 -> float32)."""
+    dt = np.dtype(dt)
+    return np.dtype(np.float32) if dt in (np.float32, np.complex64) else np.dtype(np.float64)
+
+
+def complex_dtype(dt):
+    """The complex dtype of a precision (float32 -> complex64, float64 -> complex128)."""
+    return np.dtype(np.complex64) if real_dtype(dt) == np.float32 else np.dtype(np.complex128)
+
+
+def work_dtype(*dts):
+    """Common working dtype: complex if any is complex, in the precision of the first."""
+    cplx = any(np.dtype(d).kind == "c" for d in dts)
+    return complex_dtype(dts[0]) if cplx else real_dtype(dts[0])
 
 
 def as_array(bk, name, a):
@@ -112,14 +135,16 @@ def plain_ndarray(name, a):
     return a
 
 
-def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=True, norm=False):
+def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=True, norm=False,
+                   allow_complex=False):
     """Validated floating array for the computation: right module, dtype, finite.
 
     With ``norm=True`` returns ``(array, ||array||^2)``: the same pass that
-    checks finiteness yields the norm (inf if the squares overflow).
+    checks finiteness yields the norm (inf if the squares overflow). With
+    `allow_complex`, complex input stays complex (`dtype` sets its precision).
     """
     arr = as_array(bk, name, a)
-    wdt = float_dtype(name, arr.dtype, dtype)
+    wdt = float_dtype(name, arr.dtype, dtype, allow_complex=allow_complex)
     if arr.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension; got a scalar")
     if arr.size == 0 and not allow_empty:
@@ -148,11 +173,15 @@ def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=T
 
 
 def sq_norm(xp, a) -> float:
-    """``sum(a**2)`` in one pass (a BLAS dot for contiguous arrays); inf/NaN if not finite."""
+    """``sum(|a|**2)`` in one pass (a BLAS dot for contiguous arrays); inf/NaN if not finite."""
     with np.errstate(over="ignore", invalid="ignore"):
         if a.flags.c_contiguous:
             f = a.reshape(-1)
+            if f.dtype.kind == "c":  # as interleaved real pairs: a real BLAS dot (vdot is slower)
+                f = f.view(f.real.dtype)
             return float(xp.dot(f, f))
+        if a.dtype.kind == "c":
+            return float((a.real * a.real + a.imag * a.imag).sum())
         return float((a * a).sum())
 
 

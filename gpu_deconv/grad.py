@@ -1,5 +1,9 @@
 """Gradients of ``f = 1/2 ||h * x - y||^2`` (seed 001), for every mode and boundary.
 
+For complex data (any of x, h, y complex) f is still real and the gradients
+are the conjugate (Wirtinger) gradients ``2 df/d conj(x) = H^H (H x - y)``:
+the direction of steepest ascent, with ``df = Re <g, dx>`` (seeds 002).
+
 Both are derived from the operator ``H = E C P`` rather than from a formula
 per mode: ``grad_x = H^T (H x - y)``, and ``grad_h = X^T (H x - y)`` where X
 is the same bilinear map read as a function of the kernel. (The textbook
@@ -13,7 +17,7 @@ import numpy as np
 
 from ._backend import get_backend
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
-from ._validation import as_float_array, broadcast_batch, finite_result, quiet_fp
+from ._validation import as_float_array, broadcast_batch, finite_result, quiet_fp, work_dtype
 from .conv import _prepare
 
 __all__ = ["grad_x", "grad_h"]
@@ -30,16 +34,28 @@ def _residual(op, x, y, batch):
     if op._empty:
         return None, None, y * 0
     HX, XE = op._forward_spec(x, keep_input=True)
-    hx = bk.irfftn(HX, op.grid_shape)[(Ellipsis,) + tuple(slice(0, m) for m in op.spatial_out_shape)]
+    hx = bk.ifft_any(HX, op.grid_shape, x.dtype.kind == "c")
+    hx = hx[(Ellipsis,) + tuple(slice(0, m) for m in op.spatial_out_shape)]
     return HX, XE, xp.ascontiguousarray(hx - y)
+
+
+def _inputs(op, x, y, allow_empty):
+    """y checked (real or complex), and x and y in the common working dtype."""
+    get_backend(x=x, y=y)
+    y = as_float_array(op.backend, "y", y, x.dtype, allow_empty=allow_empty, allow_complex=True)
+    wdt = op._wdt(work_dtype(x.dtype, y.dtype))
+    return x.astype(wdt, copy=False), y.astype(wdt, copy=False)
 
 
 def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
            convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
     """Gradient of ``1/2 ||h * x - y||^2`` with respect to the image `x`.
 
-    ``H^T (H x - y)`` with H the convolution of :func:`convolve` in the given
-    mode, boundary and convention; batched over the leading axes of `x`.
+    ``H^H (H x - y)`` with H the convolution of :func:`convolve` in the given
+    mode, boundary and convention; batched over the leading axes of `x`. For
+    complex data (any of `x`, `h`, `y` complex) this is the conjugate
+    (Wirtinger) gradient ``2 df/d conj(x)``, complex; take its real part for
+    a real-constrained `x`.
 
     Parameters
     ----------
@@ -67,8 +83,7 @@ def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, bou
     array([0., 0., 0.])
     """
     op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
-    get_backend(x=x, y=y)
-    y = as_float_array(op.backend, "y", y, x.dtype, allow_empty=op._empty)
+    x, y = _inputs(op, x, y, op._empty)
     batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
     with quiet_fp():
         HX, _, r = _residual(op, x, y, batch)
@@ -85,7 +100,8 @@ def grad_h(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, bou
     For a batch of images and one kernel the gradient sums over the batch;
     with per-image kernels (``ndim < h.ndim``) it is per kernel. Computed by
     FFT correlation of the residual with the boundary-extended image, on the
-    same grid as the forward operator.
+    same grid as the forward operator. For complex data, the conjugate
+    (Wirtinger) gradient ``X^H (H x - y)``, X the map ``h -> h * x``.
 
     Parameters
     ----------
@@ -108,8 +124,7 @@ def grad_h(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, bou
     """
     op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
     bk = op.backend
-    get_backend(x=x, y=y)
-    y = as_float_array(bk, "y", y, x.dtype, allow_empty=op._empty)
+    x, y = _inputs(op, x, y, op._empty)
     batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
     with quiet_fp():
         g = _grad_h(op, x, y, batch)
@@ -124,8 +139,12 @@ def _grad_h(op, x, y, batch):
         return xp.zeros(hshape, dtype=x.dtype)
     # g[i] = sum_t r[t] xe[t + shift - i]: a correlation of r with P x, read
     # at (shift - i) mod G. The grid is the forward's, so nothing aliases.
-    R = bk.rfftn(r, op.grid_shape)
-    corr = bk.irfftn(xp.conj(R) * XE, op.grid_shape)
+    # Complex data: g[i] = sum_t r[t] conj(xe[t + shift - i]), the conjugate of the real formula's sum.
+    cplx = r.dtype.kind == "c"
+    R = bk.fft_any(r, op.grid_shape)
+    corr = bk.ifft_any(xp.conj(R) * XE, op.grid_shape, cplx)
+    if cplx:
+        corr = xp.conj(corr)
     nd = op.ndim
     for ax, p in enumerate(op._plans):
         idx = (p.shift - np.arange(p.k)) % p.G

@@ -15,12 +15,14 @@ import math
 import numpy as np
 
 from . import _cache, _cuda
+from ._axes import check_axes, from_last, natural_shape, to_last
 from ._backend import get_backend, is_cupy_array
 from ._direct import DirectPlan, direct_adjoint, direct_forward
 from ._padding import fold, output_length, pad, plan_axis, source_index
 from ._spectra import abs2, kernel_spectrum
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import (
+    as_array,
     as_float_array,
     broadcast_batch,
     check_dtype_arg,
@@ -29,6 +31,7 @@ from ._validation import (
     check_shape,
     finite_result,
     quiet_fp,
+    work_dtype,
 )
 
 __all__ = ["ConvolutionOperator"]
@@ -61,9 +64,9 @@ class ConvolutionOperator:
     Parameters
     ----------
     h : array_like
-        Kernel (NumPy or CuPy array). Its trailing `ndim` axes are the kernel;
-        leading axes, if ``ndim < h.ndim``, hold one kernel per image and
-        broadcast against the batch axes of the input.
+        Kernel (NumPy or CuPy array, real or complex). Its trailing `ndim`
+        axes are the kernel; leading axes, if ``ndim < h.ndim``, hold one
+        kernel per image and broadcast against the batch axes of the input.
     in_shape : tuple of int
         Shape of the input. Its last `ndim` entries are the spatial shape; any
         leading entries fix a batch shape (otherwise any batch is accepted).
@@ -78,6 +81,14 @@ class ConvolutionOperator:
     dtype : {None, float32, float64}, optional
         Working precision for integer inputs (default float64). Floating inputs
         are computed in their own precision (float32 stays float32).
+    axes : int or sequence of int, optional
+        The axes of `in_shape` (the full shape, batch included) that the
+        kernel's axes act along, in the kernel's order: channels-last images
+        ``(H, W, C)`` with a 2-D kernel take ``axes=(0, 1)``. Inputs and
+        outputs keep that layout (`in_shape`/`out_shape` too); the other axes
+        are a fixed batch. Mutually exclusive with `ndim`. :meth:`to_matrix`
+        and :meth:`aslinearoperator` act on one image with its spatial axes in
+        the order of `axes`.
 
     Attributes
     ----------
@@ -88,6 +99,12 @@ class ConvolutionOperator:
 
     Notes
     -----
+    Real data with a real kernel run on real FFTs (half spectra). Complex data
+    (or a complex kernel) run on full complex FFTs in the data's precision
+    (complex64 / complex128); the adjoint is then the conjugate transpose and
+    :meth:`to_matrix` is complex for a complex kernel. Real input to an
+    operator with a complex kernel is promoted to complex.
+
     The transfer functions are computed once per operator and dtype, and are
     shared through a bounded cache with other operators of the same kernel
     and geometry. :meth:`normal` uses a single FFT pair where ``E^T E`` is the
@@ -108,13 +125,21 @@ class ConvolutionOperator:
 
     def __init__(self, h: ArrayLike, in_shape: int | tuple[int, ...], mode: Mode = "full", *,
                  boundary: Boundary = "zero", convention: Convention = "scipy", ndim: int | None = None,
-                 dtype: DTypeLike = None) -> None:
+                 dtype: DTypeLike = None, axes=None) -> None:
         check_mode_boundary_convention(mode, boundary, convention)
         dtype = check_dtype_arg(dtype)
         bk = get_backend(h=h)
-        h = as_float_array(bk, "h", h, dtype)
-        ndim = check_ndim(ndim, h.ndim)
+        h = as_float_array(bk, "h", h, dtype, allow_complex=True)
         in_shape = check_shape("in_shape", in_shape)
+        self._axes = None
+        if axes is not None:
+            if ndim is not None:
+                raise ValueError(f"axes= and ndim= are mutually exclusive (per-image kernels use ndim=); "
+                                 f"got axes={axes!r}, ndim={ndim!r}")
+            self._axes = check_axes(axes, len(in_shape), h.ndim)
+            in_shape = tuple(in_shape[a] for a in range(len(in_shape)) if a not in self._axes) + tuple(
+                in_shape[a] for a in self._axes)
+        ndim = check_ndim(ndim, h.ndim)
         if len(in_shape) < ndim:
             raise ValueError(
                 f"in_shape {in_shape} has fewer axes than the kernel's {ndim} spatial axes "
@@ -163,6 +188,8 @@ class ConvolutionOperator:
     @property
     def in_shape(self) -> tuple[int, ...]:
         b = self._fixed_batch or ()
+        if self._axes is not None:
+            return natural_shape(b, self.spatial_in_shape, self._axes)
         return b + self.spatial_in_shape
 
     @property
@@ -170,7 +197,25 @@ class ConvolutionOperator:
         if self._fixed_batch is None:
             return self.spatial_out_shape
         b = broadcast_batch("in_shape", self._fixed_batch, "h", self.kernel_batch)
+        if self._axes is not None:
+            return natural_shape(tuple(b), self.spatial_out_shape, self._axes)
         return tuple(b) + self.spatial_out_shape
+
+    def _along(self, fn, a):
+        """Apply ``fn`` (trailing spatial axes) to `a` laid out with spatial axes at `axes=`."""
+        if self._axes is None:
+            return fn(a)
+        xp = self._bk.xp
+        a = self._check_layout(a)
+        return xp.ascontiguousarray(from_last(xp, fn(to_last(xp, a, self._axes)), self._axes))
+
+    def _check_layout(self, a):
+        if not hasattr(a, "ndim") or a.ndim != len(self._fixed_batch) + self.ndim:
+            a = as_array(self._bk, "x", a)
+            if a.ndim != len(self._fixed_batch) + self.ndim:
+                raise ValueError(f"with axes={self._axes}, the input must have {len(self.in_shape)} "
+                                 f"dimensions; got shape {tuple(a.shape)}")
+        return a
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -211,17 +256,25 @@ class ConvolutionOperator:
                 self.grid_shape, self._shifts())
 
     def spectrum(self, dtype: DTypeLike = None) -> Array:
-        """Transfer function on :attr:`grid_shape` (half spectrum of ``rfftn``).
+        """Transfer function on :attr:`grid_shape` for data of `dtype` (default: the kernel's).
 
-        Shape ``kernel_batch + rfft grid``; complex64 for float32, complex128 for float64.
+        For real data (float32/float64, real kernel) the half spectrum of
+        ``rfftn``, shape ``kernel_batch + rfft grid``; for complex data
+        (complex64/complex128, or any data with a complex kernel) the full
+        spectrum of ``fftn``, shape ``kernel_batch + grid_shape``. Complex64
+        for single precision, complex128 for double.
         """
-        dtype = np.dtype(self.dtype if dtype is None else dtype)
+        dtype = self._wdt(self.dtype if dtype is None else dtype)
         s = self._spectra.get(dtype)
         if s is None:
             s = kernel_spectrum(self._bk, self._h, self.grid_shape, self._shifts(), dtype,
                                 key=self.cache_key()[0])
             self._spectra[dtype] = s
         return s
+
+    def _wdt(self, dtype):
+        """Working dtype for data of `dtype`: its precision; complex if the data or kernel are."""
+        return work_dtype(dtype, self.dtype)
 
     def _power(self, dtype):
         key = ("power", dtype)
@@ -246,9 +299,13 @@ class ConvolutionOperator:
             own = "CuPy (GPU)" if bk.is_gpu else "NumPy (host)"
             raise TypeError(f"{name} is a {where} array but the operator's kernel is a {own} array")
         # Floating inputs keep their precision; integers take the operator's dtype= (float64).
+        # Complex inputs (or a complex kernel) make the data complex (full FFTs).
         kind = getattr(a, "dtype", np.dtype(float)).kind if hasattr(a, "dtype") else "f"
-        a = as_float_array(bk, name, a, None if kind == "f" else self._int_dtype,
-                           allow_empty=0 in tuple(spatial))
+        a = as_float_array(bk, name, a, None if kind in "fc" else self._int_dtype,
+                           allow_empty=0 in tuple(spatial), allow_complex=True)
+        wdt = self._wdt(a.dtype)
+        if a.dtype != wdt:
+            a = a.astype(wdt)
         nd = self.ndim
         if a.ndim < nd or tuple(a.shape[a.ndim - nd:]) != tuple(spatial):
             raise ValueError(
@@ -277,6 +334,9 @@ class ConvolutionOperator:
             Shape ``(..., *spatial_out_shape)``, same array module and
             floating dtype as `x`.
         """
+        return self._along(self._forward_checked, x)
+
+    def _forward_checked(self, x):
         x, batch = self._check_input("x", x, self.spatial_in_shape)
         with quiet_fp():
             out = self._forward(x, batch)
@@ -284,13 +344,17 @@ class ConvolutionOperator:
 
     __call__ = forward
 
-    def _fused(self):
+    def _fused(self, dtype=None):
         """Whether the custom CUDA kernels serve this operator (CuPy, kernels on, 1 to 3 axes).
 
         Then P is written straight into the FFT grid (no ``s=`` padding), E and
         P^T read the grid in one pass (crop, fold by gather), and E^T E is an
-        in-place mask; the NumPy path below is untouched.
+        in-place mask; the NumPy path below is untouched. The kernels are
+        instantiated for real data only: complex data (`dtype` complex, or a
+        complex kernel) take the generic CuPy path.
         """
+        if self.dtype.kind == "c" or (dtype is not None and np.dtype(dtype).kind == "c"):
+            return False
         return self._bk.is_gpu and _cuda.enabled(self._bk) and _cuda.supports_ndim(self.ndim)
 
     def _direct_plan(self):
@@ -303,6 +367,8 @@ class ConvolutionOperator:
         if self._direct is None:
             self._direct = False
             hh = self._bk.asnumpy(self._h)
+            if hh.dtype.kind == "c":  # complex kernels: the FFT path (the taps would need conj)
+                return None
             taps = np.count_nonzero(np.any(hh.reshape((-1,) + self.kernel_shape) != 0, axis=0))
             if taps <= DIRECT_MAX_TAPS:
                 plans = self._plans
@@ -312,29 +378,40 @@ class ConvolutionOperator:
                 self._direct = DirectPlan(hh, plans, self.boundary)
         return self._direct or None
 
+    def _promote(self, a):
+        """`a` in the working dtype (complex when the kernel is complex)."""
+        wdt = self._wdt(a.dtype)
+        return a if a.dtype == wdt else a.astype(wdt)
+
     def _forward(self, x, batch):
         xp = self._bk.xp
+        x = self._promote(x)
         if self._empty:
             return xp.zeros(batch + self.spatial_out_shape, dtype=x.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            return direct_forward(xp, x, self._h_as(x.dtype), dp, batch)
+            return direct_forward(xp, x, self._h_as(x.real.dtype), dp, batch)
         X = self._forward_spec(x)
-        if self._fused():
+        cplx = x.dtype.kind == "c"
+        if self._fused(x.dtype):
             return _cuda.crop(self._bk.irfftn(X, self.grid_shape), self.spatial_out_shape)
-        y = self._bk.irfftn(X, self.grid_shape)[_window(self._plans, "m")]
+        y = self._bk.ifft_any(X, self.grid_shape, cplx)[_window(self._plans, "m")]
         return xp.ascontiguousarray(y)
 
     def _h_as(self, dtype):
         return self._h if self._h.dtype == dtype else self._h.astype(dtype)
 
     def _forward_spec(self, x, keep_input=False):
-        """Spectrum of C P x (before extraction); optionally also that of P x."""
+        """Spectrum of C P x (before extraction); optionally also that of P x.
+
+        `x` is in the working dtype (see :meth:`_promote`): real data take the
+        half spectrum, complex data the full one.
+        """
         bk = self._bk
-        if self._fused():
+        if self._fused(x.dtype):
             XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
         else:
-            XE = bk.rfftn(pad(bk.xp, x, self._plans, self.boundary), self.grid_shape)
+            XE = bk.fft_any(pad(bk.xp, x, self._plans, self.boundary), self.grid_shape)
         H = self.spectrum(x.dtype)
         if keep_input:
             return XE * H, XE
@@ -353,6 +430,9 @@ class ConvolutionOperator:
         array
             Shape ``(..., *spatial_in_shape)``.
         """
+        return self._along(self._adjoint_checked, y)
+
+    def _adjoint_checked(self, y):
         y, batch = self._check_input("y", y, self.spatial_out_shape)
         with quiet_fp():
             out = self._adjoint(y, batch)
@@ -360,26 +440,30 @@ class ConvolutionOperator:
 
     def _adjoint(self, y, batch):
         bk, xp = self._bk, self._bk.xp
+        y = self._promote(y)
         if self._empty:
             return xp.zeros(batch + self.spatial_in_shape, dtype=y.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            return direct_adjoint(xp, y, self._h_as(y.dtype), dp, batch)
-        if self._fused():
-            return self._adjoint_spec(bk.rfftn(_cuda.embed(y, self.grid_shape), self.grid_shape))
-        Y = bk.rfftn(y, self.grid_shape)
-        return self._adjoint_spec(Y)
+            return direct_adjoint(xp, y, self._h_as(y.real.dtype), dp, batch)
+        cplx = y.dtype.kind == "c"
+        if self._fused(y.dtype):
+            return self._adjoint_spec(bk.rfftn(_cuda.embed(y, self.grid_shape), self.grid_shape), cplx)
+        Y = bk.fft_any(y, self.grid_shape)
+        return self._adjoint_spec(Y, cplx)
 
-    def _adjoint_spec(self, Y, conj_done=False):
+    def _adjoint_spec(self, Y, cplx=False, conj_done=False):
+        """``P^T E_ext`` of the inverse transform of ``conj(H) Y`` (Y full spectrum if `cplx`)."""
         bk, xp = self._bk, self._bk.xp
+        wdt = Y.dtype if cplx else Y.real.dtype
         if not conj_done:
-            Y = _times_fresh(Y, self._conj_spectrum(Y.real.dtype))
-        if self._fused():
+            Y = _times_fresh(Y, self._conj_spectrum(wdt))
+        if self._fused(wdt):
             v = bk.irfftn(Y, self.grid_shape)
             if all(p.L == 0 and p.R == 0 for p in self._plans):  # P^T is E^T: a crop
                 return _cuda.crop(v, self.spatial_in_shape)
             return _cuda.fold_from_grid(v, self._plans, self.boundary)
-        v = bk.irfftn(Y, self.grid_shape)[_window(self._plans, "n_ext")]
+        v = bk.ifft_any(Y, self.grid_shape, cplx)[_window(self._plans, "n_ext")]
         if self.boundary == "zero":
             return xp.ascontiguousarray(v)
         return fold(xp, v, self._plans, self.boundary)
@@ -390,6 +474,9 @@ class ConvolutionOperator:
         One FFT pair for circular and for full + zero boundary (where
         ``E^T E`` acts as the identity), two pairs otherwise.
         """
+        return self._along(self._normal_checked, x)
+
+    def _normal_checked(self, x):
         x, batch = self._check_input("x", x, self.spatial_in_shape)
         with quiet_fp():
             out = self._normal(x, batch)
@@ -397,25 +484,27 @@ class ConvolutionOperator:
 
     def _normal(self, x, batch):
         bk, xp = self._bk, self._bk.xp
+        x = self._promote(x)
         if self._empty:
             return xp.zeros(batch + self.spatial_in_shape, dtype=x.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            h = self._h_as(x.dtype)
+            h = self._h_as(x.real.dtype)
             return direct_adjoint(xp, direct_forward(xp, x, h, dp, batch), h, dp, batch)
-        if self._fused():
+        cplx = x.dtype.kind == "c"
+        if self._fused(x.dtype):
             if self._one_pass_normal:
                 XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
-                return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
+                return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), False, conj_done=True)
             # E^T E on the grid as an in-place mask: no crop, no zero-filled copy.
             v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape))
             return self._adjoint_spec(bk.rfftn(_cuda.mask_window(v, self.spatial_out_shape),
                                                self.grid_shape))
         if self._one_pass_normal:
-            XE = bk.rfftn(pad(xp, x, self._plans, self.boundary), self.grid_shape)
-            return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
-        y = bk.irfftn(self._forward_spec(x), self.grid_shape)[_window(self._plans, "m")]
-        return self._adjoint_spec(bk.rfftn(y, self.grid_shape))
+            XE = bk.fft_any(pad(xp, x, self._plans, self.boundary), self.grid_shape)
+            return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), cplx, conj_done=True)
+        y = bk.ifft_any(self._forward_spec(x), self.grid_shape, cplx)[_window(self._plans, "m")]
+        return self._adjoint_spec(bk.fft_any(y, self.grid_shape), cplx)
 
     # -------------------------------------------------------------- matrix
     def to_matrix(self, sparse: bool = False):
@@ -458,7 +547,7 @@ class ConvolutionOperator:
             raise ValueError(f"to_matrix would store {M * K * nb} entries (outputs x taps); "
                              f"the limit is {MAX_SPARSE_ENTRIES}: use a smaller in_shape")
         rows, cols, tap = self._coo_pattern()
-        h = self._bk.asnumpy(self._h).astype(np.float64 if self.dtype == np.float64 else np.float32)
+        h = self._bk.asnumpy(self._h)
         hflat = h.reshape(self.kernel_batch + (K,))
         if sparse:
             import scipy.sparse as sp
@@ -509,8 +598,8 @@ class ConvolutionOperator:
         sin, sout = self.spatial_in_shape, self.spatial_out_shape
         return LinearOperator(
             self.shape, dtype=self.dtype,
-            matvec=lambda v: self.forward(np.asarray(v).reshape(sin)).ravel(),
-            rmatvec=lambda v: self.adjoint(np.asarray(v).reshape(sout)).ravel(),
+            matvec=lambda v: self._forward_checked(np.asarray(v).reshape(sin)).ravel(),
+            rmatvec=lambda v: self._adjoint_checked(np.asarray(v).reshape(sout)).ravel(),
         )
 
 
@@ -541,8 +630,11 @@ class _AdjointView:
         return self._op.forward(x)
 
     def to_matrix(self, sparse: bool = False):
+        """The conjugate transpose of the operator's matrix."""
         m = self._op.to_matrix(sparse=sparse)
-        return m.T if sparse else self._op.backend.xp.swapaxes(m, -1, -2)
+        if sparse:
+            return m.T.conj() if m.dtype.kind == "c" else m.T
+        return self._op.backend.xp.swapaxes(m, -1, -2).conj()
 
     def __repr__(self):
         return f"{self._op!r}.H"

@@ -146,10 +146,14 @@ def test_valid_kernel_larger_than_image():
         gd.convolve(x, h, "valid")
     out = gd.convolve(x, h, "valid", convention="matlab")
     assert out.shape == (3, 0)
-    # Larger in every axis: SciPy would swap the inputs; we never do.
+    # Larger in every axis: convention="scipy" swaps the inputs as SciPy does; "matlab" never does.
+    x3, h5 = np.arange(1.0, 4.0), np.arange(1.0, 6.0)
+    assert_close(gd.convolve(x3, h5, "valid"), scipy.signal.convolve(x3, h5, "valid"), np.float64)
+    assert_close(gd.correlate(x3, h5, "valid"), scipy.signal.correlate(x3, h5, "valid"), np.float64)
+    assert gd.convolve(x3, h5, "valid", convention="matlab").shape == (0,)
+    # The operator keeps its own rule: a kernel larger than its input is an error.
     with pytest.raises(ValueError, match="kernel"):
-        gd.convolve(np.ones(3), np.ones(5), "valid")
-    assert gd.convolve(np.ones(3), np.ones(5), "valid", convention="matlab").shape == (0,)
+        gd.ConvolutionOperator(h5, (3,), "valid")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

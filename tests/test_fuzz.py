@@ -229,7 +229,7 @@ def work_dtype(a, dtype=None):
     if dtype is not None:
         return np.dtype(dtype)
     a = np.asarray(a)
-    if a.dtype.kind == "f" and a.dtype.itemsize <= 4:
+    if (a.dtype.kind == "f" and a.dtype.itemsize <= 4) or (a.dtype.kind == "c" and a.dtype.itemsize <= 8):
         return np.dtype(np.float32)
     return np.dtype(np.float64)
 
@@ -277,12 +277,22 @@ def conv_case(fz):
     return x, h, mode, kw
 
 
-def expected_conv_shape(x, h, mode, ndim=None):
+def expected_conv_shape(x, h, mode, ndim=None, convention="matlab"):
     ndim = ndim or np.ndim(h)
     xs, hs = np.shape(x), np.shape(h)
     n, k = xs[len(xs) - ndim:], hs[len(hs) - ndim:]
     batch = np.broadcast_shapes(xs[:len(xs) - ndim], hs[:len(hs) - ndim])
+    if mode == "valid" and convention == "scipy" and len(xs) == len(hs) and all(b >= a for a, b in zip(n, k)):
+        n, k = k, n  # SciPy's rule: the larger input slides
     return tuple(batch) + tuple(out_len(a, b, mode) for a, b in zip(n, k))
+
+
+def conv_dtype(x, *others, dtype=None):
+    """The documented working dtype: x's precision, complex when x or any of `others` is complex."""
+    wdt = work_dtype(x, dtype)
+    if any(isinstance(a, (np.ndarray, list)) and np.asarray(a).dtype.kind == "c" for a in (x,) + others):
+        return np.dtype(np.complex64 if wdt == np.float32 else np.complex128)
+    return wdt
 
 
 @fuzz_settings(800)
@@ -292,7 +302,8 @@ def test_fuzz_convolve_correlate(data):
     fn = data.draw(st.sampled_from((gd.convolve, gd.correlate)))
     out = outcome(fn, (x, h, mode), kw, CONV_NAMES)
     if out is not None:
-        assert_finite_array(out, expected_conv_shape(x, h, mode, kw.get("ndim")), work_dtype(x, kw["dtype"]))
+        assert_finite_array(out, expected_conv_shape(x, h, mode, kw.get("ndim"), kw["convention"]),
+                            conv_dtype(x, h, dtype=kw["dtype"]))
 
 
 @fuzz_settings(200)
@@ -335,7 +346,8 @@ def test_fuzz_operator_and_methods(data):
     if op is None:
         return
     # A float input keeps its precision; integers (and bool) take the operator's dtype=, else float64.
-    wdt = work_dtype(x) if np.asarray(x).dtype.kind == "f" else work_dtype(x, kw["dtype"])
+    wdt = work_dtype(x) if np.asarray(x).dtype.kind in "fc" else work_dtype(x, kw["dtype"])
+    wdt = conv_dtype(x if np.asarray(x).dtype.kind == "c" else np.zeros(1, wdt), op.kernel, dtype=wdt)
     try:
         batch = tuple(np.broadcast_shapes(xs[:len(xs) - op.ndim], op.kernel_batch))
     except ValueError:
@@ -361,7 +373,8 @@ def test_fuzz_operator_and_methods(data):
     if mat is not None:
         mat = mat.toarray() if hasattr(mat, "toarray") else mat
         assert mat.shape[-2:] == op.shape and np.isfinite(mat).all()
-        if fwd is not None and not op.kernel_batch and np.asarray(x).dtype.kind in "biuf":
+        if fwd is not None and not op.kernel_batch and np.asarray(x).dtype.kind in "biuf" \
+                and op.dtype.kind == "f":
             # The matrix is the operator (moderate values only: extremes under/overflow differently).
             xv = np.asarray(x, dtype=np.float64)
             if 1e-10 < np.abs(xv).max() < 1e10 and 1e-10 < np.abs(op.kernel).max() < 1e10:
@@ -391,7 +404,7 @@ def test_fuzz_gradients(data):
         xs, hs = np.shape(x), np.shape(h)
         batch = tuple(np.broadcast_shapes(xs[:len(xs) - nd], hs[:len(hs) - nd]))
         want = batch + xs[len(xs) - nd:] if fn is gd.grad_x else hs
-        assert_finite_array(out, want, work_dtype(x, kw["dtype"]))
+        assert_finite_array(out, want, conv_dtype(x, h, y, dtype=kw["dtype"]))
 
 
 # ---------------------------------------------------------------- deconvolve
@@ -451,7 +464,8 @@ def test_fuzz_deconvolve(data):
     res = outcome(gd.deconvolve, (y, h), {**kw, "return_info": True}, SOLVER_NAMES)
     if res is not None:
         x, info = res
-        assert_finite_array(x, tuple(batch) + tuple(n), work_dtype(y, kw["dtype"]))
+        assert_finite_array(x, tuple(batch) + tuple(n),
+                            conv_dtype(y, h, kw.get("z"), kw.get("x0"), dtype=kw["dtype"]))
         check_info(info, batch, kw["rtol"])
 
 
@@ -468,7 +482,8 @@ def test_fuzz_deconvolve_clean_problems(data):
         x = outcome(gd.deconvolve, (y, h), kw, SOLVER_NAMES)
     assert all(issubclass(w.category, gd.ConvergenceWarning) for w in caught)
     if x is not None:
-        assert_finite_array(x, tuple(batch) + tuple(n), work_dtype(y, kw["dtype"]))
+        assert_finite_array(x, tuple(batch) + tuple(n),
+                            conv_dtype(y, h, kw.get("z"), kw.get("x0"), dtype=kw["dtype"]))
 
 
 # ---------------------------------------------------------------- estimate_kernel
@@ -497,7 +512,7 @@ def test_fuzz_estimate_kernel(data):
     kw = {"lam": lam, "mode": mode, "boundary": boundary, "convention": convention, "dtype": dtype}
     out = outcome(gd.estimate_kernel, (x, y, kernel_shape), kw, KERNEL_NAMES)
     if out is not None:
-        assert_finite_array(out, tuple(kernel_shape), work_dtype(x, dtype))
+        assert_finite_array(out, tuple(kernel_shape), conv_dtype(x, y, dtype=dtype))
 
 
 # ---------------------------------------------------------------- solve_multichannel
@@ -520,7 +535,7 @@ def test_fuzz_multichannel(data):
     if out is not None:
         zs = np.shape(z)
         shape = tuple(np.broadcast_shapes(batch, zs[:len(zs) - nd - 1])) + (C,) + S
-        assert_finite_array(out, shape, work_dtype(y, kw["dtype"]))
+        assert_finite_array(out, shape, conv_dtype(y, d, z, dtype=kw["dtype"]))
 
 
 # ---------------------------------------------------------------- cg
@@ -561,7 +576,8 @@ def test_fuzz_cg(data):
 
 
 # ---------------------------------------------------------------- single faults
-BAD_ARRAYS = ("complex", "object", "str", "nan", "inf", "empty", "scalar", "dict", "none")
+#: Complex data are valid input everywhere (issue 15); the rest are refused.
+BAD_ARRAYS = ("object", "str", "nan", "inf", "empty", "scalar", "dict", "none")
 
 
 def bad_array(kind, like):
@@ -661,7 +677,7 @@ def test_single_fault_solvers(data):
         elif bad == "reg":
             kw["reg"] = draw(st.sampled_from(("bogus", [(-1.0, "laplacian")], 5, [("a", None)],
                                               readonly(np.ones((3,) * (len(n) + 1))),
-                                              [(1.0, np.ones(2) * 1j)])))
+                                              [(1j, "laplacian")])))
         elif bad in ("mode", "boundary", "convention", "method"):
             kw[bad] = draw(st.sampled_from(BAD_STRINGS))
         elif bad == "rtol":

@@ -309,3 +309,20 @@ def test_chosen_lam_follows_kernel_and_data_scale(rng, mode):
                       reg="laplacian")
     assert float(s) == pytest.approx(float(gd.choose_lam(y, h, "discrepancy", noise_sigma=0.02, mode=mode,
                                                          reg="laplacian")), rel=1e-9)
+
+
+def test_complex_data_with_a_chosen_lam_is_refused_clearly(rng):
+    y = rng.standard_normal((16, 16)) + 1j * rng.standard_normal((16, 16))
+    with pytest.raises(ValueError, match="not available for complex data"):
+        gd.deconvolve(y, np.ones((3, 3)) / 9, mode="circular", lam="gcv")
+
+
+def test_axes_with_a_chosen_lam(rng):
+    """Channels-last data with axes=: the same lam per channel as the channels-first batch."""
+    h = gaussian_kernel(5, 1.0)
+    y = gd.convolve(scene((24, 20)), h, "circular")[None] + 0.02 * rng.standard_normal((3, 24, 20))
+    x, info = gd.deconvolve(np.moveaxis(y, 0, -1), h, mode="circular", lam="gcv", axes=(0, 1),
+                            return_info=True)
+    x2, info2 = gd.deconvolve(y, h, mode="circular", lam="gcv", return_info=True)
+    np.testing.assert_allclose(info.lam, info2.lam, rtol=1e-12)
+    np.testing.assert_allclose(np.moveaxis(x, -1, 0), x2, rtol=1e-12, atol=1e-12)

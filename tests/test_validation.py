@@ -26,8 +26,8 @@ def test_bad_strings(kw, match):
 
 
 @pytest.mark.parametrize("x,exc,match", [
-    (np.ones(3) + 1j, TypeError, "complex"),
     (np.array(["a", "b"]), TypeError, "x must"),
+    (np.array([1.0, np.nan * 1j, 2.0]), ValueError, "x contains NaN or Inf"),
     (np.array([object(), 1], dtype=object), TypeError, "x must"),
     ("abc", TypeError, "x must be an array"),
     (None, TypeError, "x must be an array"),
@@ -43,7 +43,6 @@ def test_bad_images(x, exc, match):
 
 
 @pytest.mark.parametrize("h,exc,match", [
-    (np.ones(2) * 1j, TypeError, "h must be real"),
     (np.array([np.nan, 1.0]), ValueError, "h contains NaN"),
     (np.ones((0,)), ValueError, "h must not be empty"),
     (np.ones((2, 2, 2, 2)), ValueError, "more spatial dimensions"),

@@ -103,14 +103,26 @@ def pow2_scale(xp, a, nd):
     amax = xp.abs(a).max(axis=tuple(range(-nd, 0)))
     _, e = xp.frexp(amax)
     lim = np.finfo(a.dtype).maxexp - 8  # keep the factor itself a normal number
-    return xp.ldexp(xp.ones(amax.shape, dtype=a.dtype), xp.clip(-e, -lim, lim))
+    return xp.ldexp(xp.ones(amax.shape, dtype=amax.dtype), xp.clip(-e, -lim, lim))  # real, also for complex a
+
+
+def _re_vdot(xp, u, v, axes):
+    """``Re sum conj(u) v`` over `axes` (the trailing ones), per system."""
+    if u.dtype == v.dtype and u.flags.c_contiguous and v.flags.c_contiguous:
+        rdt = u.real.dtype
+        # A C-contiguous complex array viewed as real pairs: its last axis doubles.
+        return (u.view(rdt) * v.view(rdt)).sum(axis=axes)
+    return (u.real * v.real + u.imag * v.imag).sum(axis=axes)
 
 
 class ArrayCGOps:
     """The vector passes of :func:`batched_cg_fused` as array expressions (NumPy; CuPy without kernels).
 
     Per-image scalars stay in the working precision (``astype(dtype)`` of the
-    step sizes), so float32 data is iterated in float32 throughout.
+    step sizes), so float32 data is iterated in float32 throughout. Complex
+    data (Hermitian positive-definite systems) take ``Re <u, v>`` (real step
+    sizes: ``r^H z`` and ``p^H A p`` are real for Hermitian A and M), from the
+    arrays viewed as interleaved real pairs.
     """
 
     def __init__(self, xp, nd):
@@ -119,6 +131,12 @@ class ArrayCGOps:
         self.expand = (Ellipsis,) + (None,) * nd
 
     def dot(self, u, v, out=None):
+        if u.dtype.kind == "c" or v.dtype.kind == "c":
+            d = _re_vdot(self.xp, u, v, self.axes)
+            if out is None:
+                return self.xp.asarray(d)
+            out[...] = d
+            return out
         d = (u * v).sum(axis=self.axes)
         if out is None:
             return self.xp.asarray(d)  # a single system sums to a NumPy scalar; the loop writes into it
@@ -126,13 +144,13 @@ class ArrayCGOps:
         return out
 
     def update_xr(self, x, r, p, q, a, out=None):
-        a = a.astype(x.dtype)[self.expand]
+        a = a.astype(x.real.dtype)[self.expand]
         x += a * p
         r -= a * q
         return self.dot(r, r, out)
 
     def update_p(self, p, z, beta):
-        p *= beta.astype(p.dtype)[self.expand]
+        p *= beta.astype(p.real.dtype)[self.expand]
         p += z
         return p
 
@@ -144,7 +162,7 @@ def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=N
     The vector passes are the GPU's fused kernels when they are enabled, array
     expressions otherwise; the iteration itself is :func:`batched_cg_fused`.
     """
-    if _cuda.enabled(bk):
+    if _cuda.enabled(bk) and b.dtype.kind != "c":  # the fused CG kernels are real-only
         ops = _cuda.CGKernels(b.shape[:b.ndim - nd], b.shape[b.ndim - nd:], b.dtype)
     else:
         ops = ArrayCGOps(bk.xp, nd)
@@ -324,8 +342,9 @@ def _checked_operator(name, f, b, bk):
             raise TypeError(f"{name}(x) must return an array of the module of b; got {type(out).__name__}")
         if tuple(out.shape) != shape:
             raise ValueError(f"{name}(x) must return an array of b's shape {shape}; got {tuple(out.shape)}")
-        if out.dtype.kind != "f":
-            raise TypeError(f"{name}(x) must return real floating values; got dtype {out.dtype}")
+        if out.dtype.kind != "f" and not (out.dtype.kind == "c" and b.dtype.kind == "c"):
+            raise TypeError(f"{name}(x) must return real floating values (complex only for complex b); "
+                            f"got dtype {out.dtype}")
         return out
 
     return apply
@@ -335,6 +354,9 @@ def cg(A: Callable[[Array], Array], b: ArrayLike, x0: ArrayLike | None = None, *
        maxiter: int | None = None, M: Callable[[Array], Array] | None = None,
        callback: Callable[[Array], object] | None = None, ndim: int | None = None) -> tuple[Array, SolveInfo]:
     """Solve many symmetric positive-definite systems ``A x = b`` at once by (preconditioned) CG.
+
+    Complex `b` solves Hermitian positive-definite systems (real step sizes from
+    ``Re <u, v>``; ``A`` and ``M`` then return complex arrays).
 
     Parameters
     ----------
@@ -372,14 +394,14 @@ def cg(A: Callable[[Array], Array], b: ArrayLike, x0: ArrayLike | None = None, *
     (True, [True, True])
     """
     bk = get_backend(b=b, x0=x0)
-    b = as_float_array(bk, "b", b)
+    b = as_float_array(bk, "b", b, allow_complex=True)
     nd = b.ndim if ndim is None else check_positive("ndim", ndim, integer=True)
     if nd > b.ndim:
         raise ValueError(f"ndim={nd} exceeds b.ndim={b.ndim}")
     rtol = check_positive("rtol", rtol)
     maxiter = DEFAULT_MAXITER if maxiter is None else check_positive("maxiter", maxiter, integer=True)
     if x0 is not None:
-        x0 = as_float_array(bk, "x0", x0, b.dtype)
+        x0 = as_float_array(bk, "x0", x0, b.dtype, allow_complex=True).astype(b.dtype, copy=False)
         if x0.shape != b.shape:
             raise ValueError(f"x0 must have the shape of b {tuple(b.shape)}; got {tuple(x0.shape)}")
     for name, f in (("A", A), ("M", M), ("callback", callback)):

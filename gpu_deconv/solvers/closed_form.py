@@ -107,6 +107,7 @@ def spectral_filter(bk, Hs, Rs, lam, alpha, ndim, dtype, Hp=None, stats=None):
     A dict passed as `stats` receives ``dmin``, the smallest denominator.
     """
     xp = bk.xp
+    dtype = np.finfo(dtype).dtype  # the real precision: D is real also for complex data
     lam_b = image_scalars(bk, lam, dtype, ndim)
     alpha_b = image_scalars(bk, alpha, dtype, ndim)
     if Hp is None:
@@ -150,8 +151,12 @@ def _apply_filter(forward, inverse, W, V, y, z):
 
 
 def apply_spectral_filter(bk, W, V, y, z, grid):
-    """``irfftn(W rfftn(y) + V rfftn(z))`` on `grid`, in one pass over the spectrum."""
-    return _apply_filter(lambda a: bk.rfftn(a, grid), lambda A: bk.irfftn(A, grid), W, V, y, z)
+    """``irfftn(W rfftn(y) + V rfftn(z))`` on `grid`, in one pass over the spectrum.
+
+    Complex `y` takes the full transforms (`W`, `V` then on the full grid).
+    """
+    cplx = y.dtype.kind == "c"
+    return _apply_filter(lambda a: bk.fft_any(a, grid), lambda A: bk.ifft_any(A, grid, cplx), W, V, y, z)
 
 
 def _delta(bk, n, dtype):

@@ -10,9 +10,10 @@ import numpy as np
 
 from .. import _cache, _cuda, _memory
 from .._backend import get_backend, is_cupy_array
-from .._spectra import kernel_power, weighted_power
+from .._spectra import abs2, kernel_power, weighted_power
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
 from .._validation import (
+    as_array,
     as_float_array,
     broadcast_batch,
     check_choice,
@@ -23,6 +24,8 @@ from .._validation import (
     finite_result,
     plain_ndarray,
     quiet_fp,
+    real_dtype,
+    work_dtype,
 )
 from ..operators import ConvolutionOperator
 from . import closed_form as cf
@@ -42,13 +45,13 @@ def _kernels(bk, h, dtype, ndim):
     """h as one array; a list/tuple of arrays is one kernel per image (stacked)."""
     if isinstance(h, (list, tuple)) and h and all(
             isinstance(k, np.ndarray) or is_cupy_array(k) for k in h):
-        ks = [as_float_array(bk, f"h[{i}]", k, dtype) for i, k in enumerate(h)]
+        ks = [as_float_array(bk, f"h[{i}]", k, dtype, allow_complex=True) for i, k in enumerate(h)]
         shapes = {tuple(k.shape) for k in ks}
         if len(shapes) != 1:
             raise ValueError(f"per-image kernels in h must share one shape; got {sorted(shapes)}")
         arr = bk.xp.stack(ks)
         return arr, check_ndim(arr.ndim - 1 if ndim is None else ndim, arr.ndim)
-    arr = as_float_array(bk, "h", h, dtype)
+    arr = as_float_array(bk, "h", h, dtype, allow_complex=True)
     return arr, check_ndim(ndim, arr.ndim)
 
 
@@ -103,6 +106,17 @@ def _refuse_zero_kernel(bk, h, nd, batch, lam, alpha):
                          "the problem is singular; give lam > 0 or alpha > 0")
 
 
+def _kind_of(a):
+    """dtype of an optional array argument for type promotion (float64 for anything else)."""
+    dt = getattr(a, "dtype", None)
+    if dt is None and isinstance(a, (list, tuple)):
+        try:
+            dt = np.asarray(a).dtype
+        except (TypeError, ValueError):  # reported by the argument's own check
+            dt = None
+    return np.dtype(dt) if dt is not None and np.dtype(dt).kind in "biufc" else np.dtype(np.float64)
+
+
 def _spatial_in(mode, m, k):
     if mode in ("same", "circular"):
         return tuple(m)
@@ -118,9 +132,9 @@ def _spatial_in(mode, m, k):
 def _image_array(bk, name, a, batch, n, dtype, norm=False):
     """An image-shaped argument (z, x0): spatial shape n, batch broadcast to `batch`."""
     if norm:
-        a, sq = as_float_array(bk, name, a, dtype, norm=True)
+        a, sq = as_float_array(bk, name, a, dtype, norm=True, allow_complex=True)
         return _image_array(bk, name, a, batch, n, dtype), sq
-    a = as_float_array(bk, name, a, dtype)
+    a = as_float_array(bk, name, a, dtype, allow_complex=True)
     nd = len(n)
     if a.ndim < nd or tuple(a.shape[a.ndim - nd:]) != tuple(n):
         raise ValueError(f"{name} must have the unknown's shape {tuple(batch) + tuple(n)} "
@@ -159,6 +173,8 @@ class _Problem:
 
 
 def _dct_eligible(bk, prob):
+    if not prob.real_ops:
+        return "dct needs real kernels (complex kernels: method='cg')"
     if prob.mode != "same" or prob.boundary != "symmetric":
         return "dct needs mode='same' with boundary='symmetric'"
     if not is_centre_symmetric(bk, prob.h, prob.ndim):
@@ -203,8 +219,8 @@ def _normal_reg(prob, x):
 
 def _make_normal(bk, prob, dtype):
     A, nd = prob.A, prob.ndim
-    lam = cf.image_scalars(bk, prob.lam, dtype, nd)
-    alpha = cf.image_scalars(bk, prob.alpha, dtype, nd)
+    lam = cf.image_scalars(bk, prob.lam, real_dtype(dtype), nd)
+    alpha = cf.image_scalars(bk, prob.alpha, real_dtype(dtype), nd)
     use_alpha = prob.use_alpha
 
     def apply(x):
@@ -223,8 +239,8 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
                z: ArrayLike | None = None, method: Method = "auto", rtol: float = 1e-6,
                maxiter: int | None = None, x0: ArrayLike | None = None, return_info: bool = False,
                precondition: bool | str = True, ndim: int | None = None, dtype: DTypeLike = None,
-               batch_size: int | str | None = None,
-               noise_sigma: PerImage | None = None) -> Array | tuple[Array, SolveInfo]:
+               batch_size: int | str | None = None, noise_sigma: PerImage | None = None,
+               axes=None) -> Array | tuple[Array, SolveInfo]:
     """Exact regularized least-squares deconvolution, batched, on NumPy or CuPy.
 
     Solves, for each image of the batch,
@@ -302,11 +318,22 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
     noise_sigma : float or array, optional
         Standard deviation of the noise in `y` (scalar or one per image), for
         ``lam="discrepancy"``. Default: estimated from `y`.
+    axes : int or sequence of int, optional
+        The axes of `y` that the kernel's axes act along, in the kernel's
+        order (channels-last data ``(H, W, C)`` with a 2-D kernel:
+        ``axes=(0, 1)``); the other axes are the batch, in their order (so
+        per-image `lam`/`alpha` have their shape), and `z`/`x0` have y's
+        rank. The answer has y's layout. Mutually exclusive with `ndim`.
 
     Returns
     -------
     x : array
-        Same module and floating dtype as `y`.
+        Same module and floating dtype as `y`; complex (in y's precision) if
+        any of `y`, `h`, `z`, `x0` or a regularizer kernel is complex. With
+        real kernels and regularizers a complex problem is solved as two real
+        ones (real and imaginary parts, every method); a complex kernel takes
+        full complex FFTs ("fft", "fft_approx", or CG with the circulant
+        preconditioner; "dct" needs real kernels).
     info : SolveInfo
         Only with ``return_info=True``: method, and per image iterations,
         relative residual of the normal equations, converged, breakdown,
@@ -337,6 +364,11 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
     >>> x.shape, info.method, bool(info.converged.all())
     ((32, 32), 'cg', True)
     """
+    if axes is not None:
+        return _deconvolve_along(axes, y, h, z, x0, ndim, return_info, dict(
+            lam=lam, reg=reg, mode=mode, boundary=boundary, convention=convention, alpha=alpha,
+            method=method, rtol=rtol, maxiter=maxiter, precondition=precondition, dtype=dtype,
+            batch_size=batch_size, noise_sigma=noise_sigma))
     rtol, maxiter, precondition, batch_size = _solver_options(method, rtol, maxiter, precondition,
                                                               batch_size)
     criterion = _criterion_arg(lam)
@@ -353,8 +385,16 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
     elif noise_sigma is not None:
         raise ValueError("noise_sigma is used only with lam='discrepancy'; "
                          f"got lam={lam!r:.40} with noise_sigma={noise_sigma!r:.40}")
-    x, info = _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch_size)
-    x = x.reshape(tuple(prob.batch) + tuple(prob.n))
+    if prob.dtype.kind == "c" and prob.real_ops and method in ("dct", "cg"):
+        # Real kernels and regularizers: the solution map is real-linear, so the real and
+        # imaginary parts are two real problems (the DCT, the band preconditioner and the GPU's
+        # fused CG need real data). The DFT closed forms run on the full spectrum instead.
+        from .complex_solve import solve_split
+
+        x, info = solve_split(prob, method, _solve_problem, rtol=rtol, maxiter=maxiter,
+                              precondition=precondition, return_info=return_info, batch_size=batch_size)
+    else:
+        x, info = _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch_size)
     if not return_info and method == "cg":
         _warn_unconverged(info, rtol, maxiter)
     if not return_info:
@@ -392,7 +432,7 @@ def _criterion_arg(lam):
 
 
 def _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch_size):
-    """Solve a validated flat-batch problem in chunks that fit; x has shape (B, *n)."""
+    """Solve a built problem in chunks; x of shape batch + n, and the info (or None)."""
     unsafe = []
 
     def solve(p):
@@ -409,7 +449,34 @@ def _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch
         x = unscale(prob, x)
     if unsafe or np.any(prob.x_exp):  # a closed form whose output is bounded below overflow skips this pass
         finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
-    return x, info
+    return x.reshape(tuple(prob.batch) + tuple(prob.n)), info
+
+
+def _deconvolve_along(axes, y, h, z, x0, ndim, return_info, kw):
+    """deconvolve with the kernel acting along `axes` of y (moved to the end and back)."""
+    from .._axes import check_axes, from_last, to_last
+
+    if ndim is not None:
+        raise ValueError(f"axes= and ndim= are mutually exclusive (per-image kernels use ndim=); "
+                         f"got axes={axes!r}, ndim={ndim!r}")
+    bk = get_backend(y=y, h=h, z=z, x0=x0)
+    ya, ha = as_array(bk, "y", y), as_array(bk, "h", h)
+    ax = check_axes(axes, ya.ndim, ha.ndim)
+
+    def moved(name, a):
+        if a is None:
+            return None
+        a = as_array(bk, name, a)
+        if a.ndim != ya.ndim:
+            raise ValueError(f"with axes=, {name} must have y's number of dimensions ({ya.ndim}); "
+                             f"got shape {tuple(a.shape)}")
+        return to_last(bk.xp, a, ax)
+
+    res = deconvolve(to_last(bk.xp, ya, ax), ha, z=moved("z", z), x0=moved("x0", x0),
+                     return_info=return_info, **kw)
+    x, info = res if return_info else (res, None)
+    x = bk.xp.ascontiguousarray(from_last(bk.xp, x, ax))
+    return (x, info) if return_info else x
 
 
 def _warn_unconverged(info, rtol, maxiter):
@@ -438,9 +505,12 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     check_mode_boundary_convention(mode, boundary, convention)
     dtype = check_dtype_arg(dtype)
     bk = get_backend(y=y, h=h, z=z, x0=x0)
-    y, y_sq = as_float_array(bk, "y", y, dtype, norm=True)
-    wdt = y.dtype
-    h, nd = _kernels(bk, h, wdt, ndim)
+    y, y_sq = as_float_array(bk, "y", y, dtype, norm=True, allow_complex=True)
+    h, nd = _kernels(bk, h, y.dtype, ndim)
+    # Complex y, h, z or x0 make the problem complex, in the precision of y.
+    wdt = work_dtype(y.dtype, h.dtype, *(_kind_of(a) for a in (z, x0)))
+    y = y.astype(wdt, copy=False)
+    rdt = real_dtype(wdt)
     if y.ndim < nd:
         raise ValueError(f"y has {y.ndim} dimensions but the kernel has {nd} spatial axes; "
                          f"shapes: y {tuple(y.shape)}, h {tuple(h.shape)}")
@@ -452,8 +522,8 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     kshape = tuple(h.shape[h.ndim - nd:])
     n = _spatial_in(mode, m, kshape)
     batch = broadcast_batch("y", y.shape[:y.ndim - nd], "h", h.shape[:h.ndim - nd])
-    lam_a = per_image("lam", lam, batch, dtype=wdt)
-    alpha_a = per_image("alpha", alpha, batch, dtype=wdt)
+    lam_a = per_image("lam", lam, batch, dtype=rdt)
+    alpha_a = per_image("alpha", alpha, batch, dtype=rdt)
     if bool(np.any(alpha_a > 0)) and z is None:
         raise ValueError("alpha > 0 needs z (the proximal centre, with the unknown's shape)")
     _refuse_zero_kernel(bk, h, nd, batch, lam_a, alpha_a)
@@ -469,8 +539,8 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     prob.kshape, prob.n, prob.m = kshape, n, m
     prob.y = bk.xp.broadcast_to(y, tuple(batch) + m).reshape((B,) + m)
     prob.h = bk.xp.broadcast_to(h, tuple(batch) + kshape).reshape((B,) + kshape) if kb else h
-    prob.z = zf.reshape((B,) + n) if zf is not None else None
-    prob.x0 = x0f.reshape((B,) + n) if x0f is not None else None
+    prob.z = zf.reshape((B,) + n).astype(wdt, copy=False) if zf is not None else None
+    prob.x0 = x0f.reshape((B,) + n).astype(wdt, copy=False) if x0f is not None else None
     prob.lam, prob.alpha = lam_a.reshape(B), alpha_a.reshape(B)
     # Norms of the data (from the validation pass) bound a closed form's output.
     prob.y_sq, prob.z_sq = y_sq, z_sq
@@ -479,7 +549,10 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     prob.use_alpha = bool(np.any(alpha_a > 0))
     prob.A = ConvolutionOperator(prob.h, n, mode, boundary=boundary, convention=convention, ndim=nd)
     prob.terms = build_operators(terms, n, circular=mode == "circular", boundary=boundary,
-                                 convention=convention, dtype=wdt)
+                                 convention=convention, dtype=rdt)
+    # Real kernels and regularizers: a complex problem splits into two real ones.
+    prob.real_ops = h.dtype.kind != "c" and all(
+        t.is_identity or t.op.dtype.kind != "c" for t in prob.terms)
     return prob
 
 
@@ -503,7 +576,7 @@ def _solve_closed(prob, method):
     if method == "fft_approx":
         return cf.fourier_division(bk, prob.y, prob.h, prob.reg_terms(), prob.lam, prob.alpha, prob.z,
                                    prob.mode, prob.convention, prob.n, nd, wdt)
-    if method == "fft" and _cuda.enabled(bk):
+    if method == "fft" and _cuda.enabled(bk) and wdt.kind != "c":  # the CUDA solve is real-only
         return _solve_fft_fused(prob)
 
     def build():
@@ -588,7 +661,7 @@ def _closed_info(prob, method, x, rtol):
 def _rhs(prob):
     b = prob.A._adjoint(prob.y, (prob.B,))
     if prob.use_alpha:
-        b = b + cf.image_scalars(prob.bk, prob.alpha, prob.dtype, prob.ndim) * prob.z
+        b = b + cf.image_scalars(prob.bk, prob.alpha, real_dtype(prob.dtype), prob.ndim) * prob.z
     return b
 
 
@@ -599,7 +672,12 @@ def _solve_cg(prob, rtol, maxiter, precondition, return_info):
     if prob.lam_precond is not None:
         pprob = copy.copy(prob)
         pprob.lam = prob.lam_precond
-    M = make_preconditioner(bk, pprob, prob.dtype, precondition) if precondition else None
+    if prob.dtype.kind == "c" and precondition:  # complex kernels: the circulant part, on full FFTs
+        from .complex_solve import complex_circulant
+
+        M = complex_circulant(bk, pprob)
+    else:
+        M = make_preconditioner(bk, pprob, prob.dtype, precondition) if precondition else None
     x, d = batched_cg(bk, normal, _rhs(prob), prob.ndim, x0=prob.x0, rtol=rtol, maxiter=maxiter, M=M,
                       keep_history=return_info)
     shape = prob.batch
@@ -620,8 +698,8 @@ def _residual(prob, x):
     s = pow2_scale(bk.xp, b, nd)[(Ellipsis,) + (None,) * nd]
     b, r = b * s, r * s
     axes = tuple(range(-nd, 0))
-    num = bk.asnumpy(bk.xp.sqrt((r * r).sum(axis=axes))).astype(np.float64)
-    den = bk.asnumpy(bk.xp.sqrt((b * b).sum(axis=axes))).astype(np.float64)
+    num = bk.asnumpy(bk.xp.sqrt(abs2(r).sum(axis=axes))).astype(np.float64)
+    den = bk.asnumpy(bk.xp.sqrt(abs2(b).sum(axis=axes))).astype(np.float64)
     return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
 
 
@@ -682,6 +760,9 @@ def _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, preconditio
     if method == "fft_approx":
         raise ValueError(f"lam={criterion!r} needs an exact model, and method='fft_approx' is an "
                          "approximation; use method='auto' (or give lam a number)")
+    if np.dtype(prob.dtype).kind == "c":
+        raise ValueError(f"lam={criterion!r} is not available for complex data yet; give lam a number "
+                         "(or choose it on the real and imaginary parts separately)")
     target = _noise_target(prob, noise_sigma) if criterion == "discrepancy" else None
     curve = lamsel._Curve(prob.B)
     flags = {}

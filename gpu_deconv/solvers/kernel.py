@@ -20,7 +20,7 @@ from .._backend import get_backend
 from .._padding import pad
 from .._spectra import abs2
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
-from .._validation import as_float_array, broadcast_batch, check_shape, finite_result, quiet_fp
+from .._validation import as_float_array, broadcast_batch, check_shape, finite_result, quiet_fp, work_dtype
 from ..conv import _prepare
 from .deconvolve import per_image
 
@@ -99,7 +99,8 @@ def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *
     Returns
     -------
     h : array
-        Shape `kernel_shape`, module and dtype of `x`.
+        Shape `kernel_shape`, module and dtype of `x`; complex if `x` or `y`
+        is (then ``X^H X h = X^H y``, solved in complex128).
 
     Raises
     ------
@@ -127,7 +128,10 @@ def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *
     probe = xp.zeros(kernel_shape, dtype=np.float64)
     op, x = _prepare(x, probe, mode, boundary, convention, None, dtype)
     nd = op.ndim
-    y = as_float_array(bk, "y", y, x.dtype, allow_empty=op._empty)
+    y = as_float_array(bk, "y", y, x.dtype, allow_empty=op._empty, allow_complex=True)
+    # Complex x or y: the complex problem (X^H X Hermitian), in the precision of x.
+    wdt = work_dtype(x.dtype, y.dtype)
+    x, y = x.astype(wdt, copy=False), y.astype(wdt, copy=False)
     xb = x.shape[:x.ndim - nd]
     if y.ndim < nd or tuple(y.shape[y.ndim - nd:]) != op.spatial_out_shape:
         raise ValueError(f"y must have spatial shape {op.spatial_out_shape} (mode={op.mode!r} output for x "
@@ -164,24 +168,29 @@ def _solve_kernel(bk, x, y, op, kernel_shape, lam, batch, lam_user=None):
     y = xp.broadcast_to(y, batch + op.spatial_out_shape)
     grid = op.grid_shape
     xe = pad(xp, x, op._plans, op.boundary)
-    XE = bk.rfftn(xe, grid)
+    cplx = x.dtype.kind == "c"
+    XE = bk.fft_any(xe, grid)
     offsets = _tap_offsets(op)
     red = tuple(range(len(batch)))
 
-    # Right-hand side X^T y: correlation of y with the extended image at the taps.
-    Yh = bk.rfftn(y, grid)
-    rhs = _read_taps(xp, bk.irfftn(xp.conj(Yh) * XE, grid), offsets, nd)
+    # Right-hand side X^T y: correlation of y with the extended image at the taps
+    # (complex data: X^H y, the conjugate of that correlation).
+    Yh = bk.fft_any(y, grid)
+    rhs = _read_taps(xp, bk.ifft_any(xp.conj(Yh) * XE, grid, cplx), offsets, nd)
     rhs = rhs.sum(axis=red) if red else rhs
+    if cplx:
+        rhs = xp.conj(rhs)
 
     if op.mode == "circular" or (op.mode == "full" and op.boundary == "zero"):
         N = _toeplitz_normal(bk, x, op, kernel_shape)
     else:
         xw = _extended_for_windows(xp, x, xe, op)
         N = _windowed_normal(bk, xw, XE, op, offsets, batch, kernel_shape)
-    N = bk.asnumpy(N).reshape(K, K).astype(np.float64)
-    N = 0.5 * (N + N.T)
+    hdt = np.complex128 if cplx else np.float64
+    N = bk.asnumpy(N).reshape(K, K).astype(hdt)
+    N = 0.5 * (N + N.conj().T)
     N[np.diag_indices(K)] += lam
-    b = bk.asnumpy(rhs).reshape(K).astype(np.float64)
+    b = bk.asnumpy(rhs).reshape(K).astype(hdt)
     if not (np.isfinite(N).all() and np.isfinite(b).all()):
         raise ValueError(f"the kernel's normal equations overflow {x.dtype}: the magnitudes of x and y "
                          "are too large for the working precision; rescale them (or pass dtype=float64)")
@@ -220,8 +229,9 @@ def _toeplitz_normal(bk, x, op, kernel_shape):
         # of n + max(n, k) - 1 keeps every lag a kernel reads off the wrapped-around part
         # (2n alone let a kernel 2 or more taps longer than x read it: a wrong minimiser).
         grid = tuple(bk.next_fast_len(n + max(n, k) - 1) for n, k in zip(op.spatial_in_shape, kernel_shape))
-    Xf = bk.rfftn(x, grid)
-    R = bk.irfftn(abs2(Xf), grid)
+    # R[d] = sum_u conj(x_u) x_(u+d), and N[i, i'] = R[i - i'] (complex x too).
+    Xf = bk.fft_any(x, grid)
+    R = bk.ifft_any(abs2(Xf), grid, x.dtype.kind == "c")
     lead = tuple(range(R.ndim - nd))
     if lead:
         R = R.sum(axis=lead)
@@ -249,8 +259,8 @@ def _windowed_normal(bk, xw, XE, op, offsets, batch, kernel_shape):
     red = tuple(range(1, 1 + len(batch)))
     for s in range(0, K, chunk):
         vs = xp.stack([_window_of_shift(xp, xw, op, t) for t in taps[s:s + chunk]])
-        V = bk.rfftn(vs, grid)
-        corr = bk.irfftn(xp.conj(V) * XE, grid)
+        V = bk.fft_any(vs, grid)
+        corr = bk.ifft_any(xp.conj(V) * XE, grid, vs.dtype.kind == "c")  # row i: sum_t conj(X_ti) X_ti'
         c = _read_taps(xp, corr, offsets, nd)
         cols.append(c.sum(axis=red) if red else c)
     N = xp.concatenate(cols).reshape((K, K))

@@ -27,6 +27,8 @@ from .._validation import (
     check_ndim,
     finite_result,
     quiet_fp,
+    real_dtype,
+    work_dtype,
 )
 from .deconvolve import per_image
 
@@ -82,7 +84,8 @@ def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike
     Returns
     -------
     x : array
-        Shape ``(..., C, *S)``, module and dtype of `y`.
+        Shape ``(..., C, *S)``, module and dtype of `y`; complex (full FFTs)
+        if `y`, `d` or `z` is.
 
     Notes
     -----
@@ -104,9 +107,8 @@ def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike
     dtype = check_dtype_arg(dtype)
     bk = get_backend(y=y, d=d, z=z)
     xp = bk.xp
-    y = as_float_array(bk, "y", y, dtype)
-    wdt = y.dtype
-    d = as_float_array(bk, "d", d, wdt)
+    y = as_float_array(bk, "y", y, dtype, allow_complex=True)
+    d = as_float_array(bk, "d", d, y.dtype, allow_complex=True)
     if d.ndim < 2:
         raise ValueError(f"d must have shape (C, *K) with at least one spatial axis; got {tuple(d.shape)}")
     nd = check_ndim(d.ndim - 1, d.ndim, "d.ndim - 1")
@@ -114,24 +116,29 @@ def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike
     if y.ndim < nd:
         raise ValueError(f"y must have at least {nd} axes (the filters' spatial rank); got {tuple(y.shape)}")
     S = tuple(y.shape[y.ndim - nd:])
-    z = as_float_array(bk, "z", z, wdt)
+    z = as_float_array(bk, "z", z, y.dtype, allow_complex=True)
+    # Complex y, d or z: the complex problem on full FFTs, in the precision of y.
+    wdt = work_dtype(y.dtype, d.dtype, z.dtype)
+    rdt = real_dtype(wdt)
+    cplx = wdt.kind == "c"
+    y, z = y.astype(wdt, copy=False), z.astype(wdt, copy=False)
     if z.ndim < nd + 1 or tuple(z.shape[z.ndim - nd - 1:]) != (C,) + S:
         raise ValueError(f"z must have shape (..., C, *S) = (..., {C}, {', '.join(map(str, S))}); "
                          f"got {tuple(z.shape)}")
     batch = broadcast_batch("y", y.shape[:y.ndim - nd], "z", z.shape[:z.ndim - nd - 1])
-    a = per_image("alpha", alpha, batch, dtype=wdt)
-    if np.any(a.astype(wdt) <= 0):  # below the dtype's range (1e-300 in float32) is 0 too
+    a = per_image("alpha", alpha, batch, dtype=rdt)
+    if np.any(a.astype(rdt) <= 0):  # below the dtype's range (1e-300 in float32) is 0 too
         raise ValueError("alpha must be positive: with alpha = 0 the multi-channel system is singular "
                          f"(C={C} unknowns per frequency, one equation); got {alpha!r:.60}")
     shifts = tuple(same_offset(k, convention) for k in d.shape[1:])
     with quiet_fp():
         D = kernel_spectrum(bk, d, S, shifts, wdt)
-        Y = bk.rfftn(y, S)
+        Y = bk.fft_any(y, S)
         # z may carry batch axes that y lacks (one y, several centres): the in-place
         # updates of sherman_morrison need y's spectrum at the full batch shape.
         Y = xp.broadcast_to(Y, tuple(batch) + Y.shape[Y.ndim - nd:])
-        Z = bk.rfftn(z, S)
-        a_b = xp.asarray(a.astype(wdt)).reshape(a.shape + (1,) * nd)
+        Z = bk.fft_any(z, S)
+        a_b = xp.asarray(a.astype(rdt)).reshape(a.shape + (1,) * nd)
         X = sherman_morrison(xp, D, Y, Z, a_b)
-        x = bk.irfftn(X, S).astype(wdt, copy=False)
+        x = bk.ifft_any(X, S, cplx).astype(wdt, copy=False)
     return finite_result(bk, x, "the solution", ("y", "d", "z", "alpha"))

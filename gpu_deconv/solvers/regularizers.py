@@ -88,7 +88,7 @@ def _parse_one(bk, item, ndim, weight, where):
         return [Term(weight, op=item, name="operator")]
     if item is None:
         return [Term(weight, name="identity")]
-    k = as_float_array(bk, where, item)
+    k = as_float_array(bk, where, item, allow_complex=True)
     if k.ndim != ndim:
         raise ValueError(f"{where} must be a kernel with {ndim} dimensions (like h); "
                          f"got shape {tuple(k.shape)}")
@@ -124,7 +124,8 @@ def build_operators(terms, n, *, circular, boundary, convention, dtype):
             out.append(t)
             continue
         mode = "circular" if circular else "same"
-        op = ConvolutionOperator(t.kernel.astype(dtype, copy=False), n, mode,
+        kdt = np.result_type(dtype, np.complex64) if t.kernel.dtype.kind == "c" else dtype
+        op = ConvolutionOperator(t.kernel.astype(kdt, copy=False), n, mode,
                                  boundary="periodic" if circular else boundary, convention=convention)
         out.append(Term(t.weight, kernel=t.kernel, op=op, neumann=t.neumann, name=t.name))
     return out
