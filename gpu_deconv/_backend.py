@@ -254,6 +254,19 @@ _BACKENDS: dict = {}
 _BACKENDS_LOCK = threading.Lock()
 
 
+def ldexp(xp, a, e):
+    """``a * 2**e`` exactly (e an integer or integer array broadcasting with `a`), real or complex `a`.
+
+    ``xp.ldexp`` takes real arrays only; a complex array is scaled part by part.
+    """
+    if a.dtype.kind != "c":
+        return xp.ldexp(a, e)
+    out = xp.empty(a.shape, dtype=a.dtype)
+    out.real = xp.ldexp(a.real, e)
+    out.imag = xp.ldexp(a.imag, e)
+    return out
+
+
 def _backend(name) -> Backend:
     b = _BACKENDS.get(name)
     if b is None:

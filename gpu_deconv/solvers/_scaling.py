@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backend import ldexp
 from .._validation import sq_norm
 
 __all__ = ["balance_scales", "scale_exponents", "unscale"]
@@ -85,7 +86,7 @@ def _ldexp(xp, a, e, dtype):
         e = xp.asarray(e) if xp is not np else e
     else:
         e = np.int32(e)
-    return xp.ldexp(a, e).astype(dtype, copy=False)
+    return ldexp(xp, a, e).astype(dtype, copy=False)
 
 
 def balance_scales(prob):

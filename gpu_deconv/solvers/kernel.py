@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import get_backend
+from .._backend import get_backend, ldexp
 from .._padding import pad
 from .._spectra import abs2
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
@@ -149,9 +149,10 @@ def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *
     if lam > 0:
         ex = max(ex, int(np.ceil((np.log2(lam) - top) / 2)))  # keep lam' finite
     with quiet_fp():
-        xs, ys = xp.ldexp(x, np.int32(-ex)).astype(x.dtype), xp.ldexp(y, np.int32(-ey)).astype(y.dtype)
+        xs = ldexp(xp, x, np.int32(-ex)).astype(x.dtype)
+        ys = ldexp(xp, y, np.int32(-ey)).astype(y.dtype)
         h = _solve_kernel(bk, xs, ys, op, kernel_shape, float(np.ldexp(lam, -2 * ex)), batch, lam)
-        h = xp.ldexp(h, np.int32(ey - ex)).astype(h.dtype)
+        h = ldexp(xp, h, np.int32(ey - ex)).astype(h.dtype)
     return finite_result(bk, h, "the kernel", ("x", "y", "lam"))
 
 
