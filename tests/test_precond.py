@@ -90,3 +90,40 @@ def test_preconditioner_kind_choices(rng):
     with pytest.raises(ValueError):
         make_preconditioner(numpy_backend(), None, np.float64, "jacobi")
     assert laplacian_kernel(1).tolist() == [1.0, -2.0, 1.0]
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-300])
+def test_singular_valid_system_gives_the_minimiser_nearest_x0(rng, lam):
+    # valid mode has a null space; with lam ~ 0 an SPD preconditioner would
+    # steer PCG to the minimiser nearest x0 in its own metric (measured: a
+    # null-space component 2e3 x the scene). The answer must be Euclidean-nearest:
+    # x0 + pinv(A) (y - A x0), the same as plain CG gives.
+    n = (14, 15)
+    h = rng.random((3, 4)) + 0.5  # full row rank A, condition ~10 on its range
+    x_true = scene(n)
+    y = gd.convolve(x_true, h, "valid")
+    x0 = rng.standard_normal(n)
+    A = gd.ConvolutionOperator(h, n, "valid").to_matrix()
+    want = x0 + (np.linalg.pinv(A) @ (y.ravel() - A @ x0.ravel())).reshape(n)
+    for x0_ in (None, x0):
+        ref = want if x0_ is not None else (np.linalg.pinv(A) @ y.ravel()).reshape(n)
+        for p in (True, "circulant", False):
+            x, info = gd.deconvolve(y, h, mode="valid", lam=lam, reg="laplacian", x0=x0_, precondition=p,
+                                    rtol=1e-10, maxiter=5000, return_info=True)
+            assert info.converged
+            np.testing.assert_allclose(x, ref, rtol=0, atol=1e-6 * np.abs(ref).max())  # float64, rtol 1e-10
+
+
+def test_singular_image_of_a_batch_is_left_unpreconditioned(rng):
+    # Per image: lam = 0 gets the minimum-norm answer, lam = 1e-2 its regularized one, fast.
+    n = (24, 24)
+    h = gaussian_kernel(5, 1.2)
+    y = gd.convolve(scene(n), h, "valid")
+    ys = np.stack([y, y])
+    x, info = gd.deconvolve(ys, h, mode="valid", lam=np.array([0.0, 1e-2]), reg="laplacian", rtol=1e-8,
+                            maxiter=5000, return_info=True)
+    ref0 = gd.deconvolve(y, h, mode="valid", lam=0.0, precondition=False, rtol=1e-8, maxiter=5000)
+    ref1, i1 = gd.deconvolve(y, h, mode="valid", lam=1e-2, reg="laplacian", rtol=1e-8, return_info=True)
+    np.testing.assert_allclose(x[0], ref0, rtol=0, atol=1e-6 * np.abs(ref0).max())
+    np.testing.assert_allclose(x[1], ref1, rtol=0, atol=1e-6 * np.abs(ref1).max())
+    assert info.preconditioned and i1.iterations < info.iterations[0]

@@ -31,7 +31,7 @@ from .._padding import source_index
 from .._spectra import kernel_power, weighted_power
 from .closed_form import image_scalars
 
-__all__ = ["make_preconditioner", "band_stencil"]
+__all__ = ["make_preconditioner", "band_stencil", "singular_images"]
 
 
 def _cached(bk, prob, dtype, part, build):
@@ -287,14 +287,64 @@ def band_bytes(prob):
     return total
 
 
+def singular_images(bk, prob, dtype):
+    """Per image (host bool array, shape (B,)): may the normal operator be singular?
+
+    True where the data term alone may have a null space (every mode but
+    ``full``, whose operator is injective) and ``lam`` and ``alpha`` are too
+    small to be seen beside it in the working precision:
+    ``lam sum_i w_i ||g_i||_1^2 + alpha <= eps ||h||_1^2`` (bounds on the
+    largest eigenvalue of each term).
+
+    On a singular system (P)CG converges to the minimiser nearest ``x0`` in
+    the norm of ``M^-1``: plain CG (``M = I``) to the Euclidean-nearest one,
+    which is the answer promised; an SPD preconditioner that does not map
+    range(M) into itself adds an arbitrary (measured: 2e3 x the image)
+    null-space component. Such images are therefore left unpreconditioned.
+    """
+    if prob.mode == "full":
+        return np.zeros(prob.B, dtype=bool)
+    nd = prob.ndim
+    hl1 = np.asarray(bk.asnumpy(bk.xp.abs(prob.h).sum(axis=tuple(range(-nd, 0)))), dtype=np.float64)
+    top = np.broadcast_to(hl1 * hl1, (prob.B,))
+    reg = 0.0
+    if prob.use_reg:
+        for w, g in prob.reg_terms():
+            gl1 = 1.0 if g is None else float(np.abs(_host(bk, g)).sum())
+            reg += w * gl1 * gl1
+    weight = prob.lam * reg + prob.alpha
+    return weight <= np.finfo(dtype).eps * top
+
+
 def make_preconditioner(bk, prob, dtype, kind="band"):
     """``kind``: "circulant" (padded-grid Fourier division) or "band" (tapered circulant + bands).
 
     "band": ``P r = T C^-1 (T r) + sum_a E_a B_a^-1 E_a^T r`` with T from
     :func:`taper`; SPD, since the bands cover every row where T < 1.
+
+    Images whose system may be singular (:func:`singular_images`) get the
+    identity instead, so that CG converges to the minimiser nearest ``x0``
+    there; None when that is every image (plain CG).
     """
     if kind not in ("circulant", "band"):
         raise ValueError(f"preconditioner kind must be 'circulant' or 'band'; got {kind!r}")
+    singular = singular_images(bk, prob, dtype)
+    if singular.all():
+        return None
+    M = _make(bk, prob, dtype, kind)
+    if not singular.any():
+        return M
+    plain = bk.xp.asarray(np.flatnonzero(singular))
+
+    def apply(r):
+        out = M(r)
+        out[plain] = r[plain]
+        return out
+
+    return apply
+
+
+def _make(bk, prob, dtype, kind):
     circ = circulant_part(bk, prob, dtype)
     unknown_bytes = prob.B * int(np.prod(prob.n)) * np.dtype(dtype).itemsize
     if kind == "circulant" or band_bytes(prob) > max(MAX_BAND_BYTES, 16 * unknown_bytes):
