@@ -174,9 +174,10 @@ class Backend:
         axes = tuple(range(-len(s), 0))
         return self._fft.rfftn(a, s=s, axes=axes, **self._kw())
 
-    def irfftn(self, a, s):
+    def irfftn(self, a, s, overwrite=False):
+        """Inverse of :meth:`rfftn`; ``overwrite=True`` lets it destroy `a` (no work copy of it)."""
         axes = tuple(range(-len(s), 0))
-        return self._fft.irfftn(a, s=s, axes=axes, **self._kw())
+        return self._fft.irfftn(a, s=s, axes=axes, overwrite_x=overwrite, **self._kw())
 
     def dctn(self, a, ndim):
         axes = tuple(range(-ndim, 0))

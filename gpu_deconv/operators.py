@@ -321,8 +321,8 @@ class ConvolutionOperator:
             return direct_forward(xp, x, self._h_as(x.dtype), dp, batch)
         X = self._forward_spec(x)
         if self._fused():
-            return _cuda.crop(self._bk.irfftn(X, self.grid_shape), self.spatial_out_shape)
-        y = self._bk.irfftn(X, self.grid_shape)[_window(self._plans, "m")]
+            return _cuda.crop(self._bk.irfftn(X, self.grid_shape, overwrite=True), self.spatial_out_shape)
+        y = self._bk.irfftn(X, self.grid_shape, overwrite=True)[_window(self._plans, "m")]
         return xp.ascontiguousarray(y)
 
     def _h_as(self, dtype):
@@ -374,12 +374,14 @@ class ConvolutionOperator:
         bk, xp = self._bk, self._bk.xp
         if not conj_done:
             Y = _times_fresh(Y, self._conj_spectrum(Y.real.dtype))
+        # Y is always a spectrum made for this call: the inverse transform may destroy it.
         if self._fused():
-            v = bk.irfftn(Y, self.grid_shape)
+            v = bk.irfftn(Y, self.grid_shape, overwrite=True)
             if all(p.L == 0 and p.R == 0 for p in self._plans):  # P^T is E^T: a crop
                 return _cuda.crop(v, self.spatial_in_shape)
             return _cuda.fold_from_grid(v, self._plans, self.boundary)
-        v = bk.irfftn(Y, self.grid_shape)[_window(self._plans, "n_ext")]
+        v = bk.irfftn(Y, self.grid_shape, overwrite=True)[_window(self._plans, "n_ext")]
+        del Y  # before the copies below: two grid-sized arrays at a time, not three
         if self.boundary == "zero":
             return xp.ascontiguousarray(v)
         return fold(xp, v, self._plans, self.boundary)
@@ -408,14 +410,27 @@ class ConvolutionOperator:
                 XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
                 return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
             # E^T E on the grid as an in-place mask: no crop, no zero-filled copy.
-            v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape))
+            v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape, overwrite=True))
             return self._adjoint_spec(bk.rfftn(_cuda.mask_window(v, self.spatial_out_shape),
                                                self.grid_shape))
         if self._one_pass_normal:
             XE = bk.rfftn(pad(xp, x, self._plans, self.boundary), self.grid_shape)
             return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), conj_done=True)
-        y = bk.irfftn(self._forward_spec(x), self.grid_shape)[_window(self._plans, "m")]
-        return self._adjoint_spec(bk.rfftn(y, self.grid_shape))
+        return self._adjoint_spec(self._masked_spectrum(x))
+
+    def _masked_spectrum(self, x):
+        """Spectrum of E^T E C P x: the window is zeroed in place, not cropped and zero-filled again.
+
+        Two grid-sized arrays at a time (the grid and its spectrum); the grid is
+        freed on return, before the adjoint's arrays exist.
+        """
+        bk = self._bk
+        v = bk.irfftn(self._forward_spec(x), self.grid_shape, overwrite=True)
+        nd = len(self._plans)
+        for a, p in enumerate(self._plans):
+            if p.m < v.shape[v.ndim - nd + a]:
+                v[(Ellipsis, slice(p.m, None)) + (slice(None),) * (nd - 1 - a)] = 0
+        return bk.rfftn(v, self.grid_shape)
 
     # -------------------------------------------------------------- matrix
     def to_matrix(self, sparse: bool = False):

@@ -25,7 +25,7 @@ from .._validation import (
 from ..operators import ConvolutionOperator
 from . import closed_form as cf
 from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2_scale
-from .precond import make_preconditioner
+from .precond import image_params, make_preconditioner
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
 
 __all__ = ["deconvolve"]
@@ -192,9 +192,16 @@ def _make_normal(bk, prob, dtype):
     use_alpha = prob.use_alpha
 
     def apply(x):
-        out = A._normal(x, x.shape[:1])
+        # The regularizer first, scaled in place: at most one extra array alive during A's normal.
         if prob.use_reg:
-            out += lam * _normal_reg(prob, x)
+            out = _normal_reg(prob, x)
+            if out is x:
+                out = lam * out
+            else:
+                out *= lam
+            out += A._normal(x, x.shape[:1])
+        else:
+            out = A._normal(x, x.shape[:1])
         if use_alpha:
             out += alpha * x
         return out
@@ -438,14 +445,15 @@ def _solve_closed(prob, method):
 
     def build():
         stats = {}
+        lam, alpha = image_params(prob)  # one filter for a batch that shares them, not one per image
         if method == "fft":
             Hs = prob.A.spectrum(wdt)
             # |H|^2 from the kernel's 1-D factors when separable (one real pass).
             Hp = None if prob.A.kernel_batch else kernel_power(bk, prob.A.kernel, prob.A.grid_shape, wdt)
-            W, V = cf.spectral_filter(bk, Hs, _reg_power(bk, prob, wdt), prob.lam, prob.alpha, nd, wdt,
+            W, V = cf.spectral_filter(bk, Hs, _reg_power(bk, prob, wdt), lam, alpha, nd, wdt,
                                       Hp=Hp, stats=stats)
         else:
-            W, V = _dct_filters(prob, stats)
+            W, V = _dct_filters(prob, stats, lam, alpha)
         # |H| <= sum|h| at every frequency (and so is every DCT eigenvalue of a
         # symmetric kernel): bounds on max|W| and max|V| without a pass over them.
         inv = 1.0 / stats["dmin"]
@@ -485,7 +493,7 @@ def _solve_fft_fused(prob):
     return bk.irfftn(Y, n)
 
 
-def _dct_filters(prob, stats=None):
+def _dct_filters(prob, stats=None, lam=None, alpha=None):
     bk, n, nd = prob.bk, prob.n, prob.ndim
     lam_A = cf.dct_eigenvalues(bk, lambda d: prob.A._forward(d, (1,)), n, nd)
     lam_R = None
@@ -496,7 +504,8 @@ def _dct_filters(prob, stats=None):
             else:
                 L = cf.dct_eigenvalues(bk, lambda d, op=t.op: op._normal(d, (1,)), n, nd)
             lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
-    return cf.dct_filter(bk, lam_A, lam_R, prob.lam, prob.alpha, nd, prob.dtype, stats=stats)
+    return cf.dct_filter(bk, lam_A, lam_R, prob.lam if lam is None else lam,
+                         prob.alpha if alpha is None else alpha, nd, prob.dtype, stats=stats)
 
 
 def _closed_info(prob, method, x, rtol):
@@ -519,7 +528,7 @@ def _solve_cg(prob, rtol, maxiter, precondition, return_info):
     normal = _make_normal(bk, prob, prob.dtype)
     M = make_preconditioner(bk, prob, prob.dtype, precondition) if precondition else None
     x, d = batched_cg(bk, normal, _rhs(prob), prob.ndim, x0=prob.x0, rtol=rtol, maxiter=maxiter, M=M,
-                      keep_history=return_info)
+                      keep_history=return_info, overwrite_b=True)
     shape = prob.batch
     info = SolveInfo("cg", d["iterations"].reshape(shape), d["residual"].reshape(shape),
                      d["converged"].reshape(shape), d["breakdown"].reshape(shape),

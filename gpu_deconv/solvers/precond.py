@@ -31,7 +31,7 @@ from .._padding import source_index
 from .._spectra import kernel_power, weighted_power
 from .closed_form import image_scalars
 
-__all__ = ["make_preconditioner", "band_stencil", "singular_images"]
+__all__ = ["make_preconditioner", "band_stencil", "singular_images", "image_params"]
 
 
 def _cached(bk, prob, dtype, part, build):
@@ -41,32 +41,66 @@ def _cached(bk, prob, dtype, part, build):
 
 # ------------------------------------------------------------ circulant part
 def circulant_part(bk, prob, dtype):
-    """``r -> E F^-1 diag(1/D) F E^T r`` on a grid padded by 2(k-1) per axis."""
+    """``(r, T) -> T E F^-1 diag(1/D) F E^T (T r)`` on a grid padded by 2(k-1) per axis.
+
+    T is an optional diagonal weight (the taper; None for 1). At most two
+    grid-sized arrays are alive at a time: the weighted copy of r is dropped
+    once transformed, and the inverse transform may overwrite the spectrum.
+    """
     xp, nd = bk.xp, prob.ndim
     grid = tuple(_fast(prob, a) for a in range(nd))
     Dinv = _cached(bk, prob, dtype, "circulant", lambda: _circulant_inverse(bk, prob, dtype, grid))
     window = (Ellipsis,) + tuple(slice(0, n) for n in prob.n)
 
-    def apply(r):
+    def apply(r, T=None):
         if _cuda.enabled(bk) and _cuda.supports_ndim(nd):
             # One pass each for the zero-fill into the grid, the product and the crop.
-            R_ = xp.ascontiguousarray(bk.rfftn(_cuda.embed(r, grid), grid))
+            R_ = xp.ascontiguousarray(bk.rfftn(_cuda.embed(r if T is None else r * T, grid), grid))
             _cuda.precondition_apply(R_, Dinv=Dinv, ndim=nd)
-            return _cuda.crop(bk.irfftn(R_, grid), prob.n)
-        R_ = bk.rfftn(r, grid)
-        R_ *= Dinv
-        return xp.ascontiguousarray(bk.irfftn(R_, grid)[window])
+            out = _cuda.crop(bk.irfftn(R_, grid, overwrite=True), prob.n)
+        else:
+            # Zero-filled into the grid here: rfftn's own zero-fill would be one more copy.
+            rg = xp.zeros(r.shape[:r.ndim - nd] + grid, dtype=r.dtype)
+            if T is None:
+                rg[window] = r
+            else:
+                xp.multiply(r, T, out=rg[window])
+            R_ = bk.rfftn(rg, grid)
+            del rg
+            R_ *= Dinv
+            v = bk.irfftn(R_, grid, overwrite=True)
+            del R_
+            if T is not None:
+                return xp.multiply(v[window], T)  # the crop and the weight in one pass
+            out = xp.ascontiguousarray(v[window])
+        if T is not None:
+            out *= T
+        return out
 
     return apply
 
 
+def image_params(prob):
+    """(lam, alpha) per image, or a single pair when the batch shares them and its kernel.
+
+    A shared pair makes every part of the preconditioner one array for the
+    whole batch (broadcast), instead of one copy per image.
+    """
+    lam = np.asarray(prob.lam, dtype=np.float64)
+    alpha = np.asarray(prob.alpha, dtype=np.float64)
+    if not prob.A.kernel_batch and np.all(lam == lam[0]) and np.all(alpha == alpha[0]):
+        return lam[:1], alpha[:1]
+    return lam, alpha
+
+
 def _circulant_inverse(bk, prob, dtype, grid):
-    """1 / D on the padded grid, D = |H|^2 + lam R + alpha, floored (per image)."""
+    """1 / D on the padded grid, D = |H|^2 + lam R + alpha, floored (per image, or shared)."""
     xp, nd = bk.xp, prob.ndim
+    lam, alpha = image_params(prob)
     D = kernel_power(bk, prob.h, grid, dtype)
     if prob.use_reg:
-        D = D + image_scalars(bk, prob.lam, dtype, nd) * weighted_power(bk, prob.reg_terms(), grid, dtype)
-    D = D + image_scalars(bk, prob.alpha, dtype, nd)
+        D = D + image_scalars(bk, lam, dtype, nd) * weighted_power(bk, prob.reg_terms(), grid, dtype)
+    D = D + image_scalars(bk, alpha, dtype, nd)
     # An approximation may vanish where the exact operator does not: floor it.
     axes = tuple(range(-nd, 0))
     floor = xp.maximum(D.max(axis=axes, keepdims=True) * (1e3 * np.finfo(dtype).eps),
@@ -208,8 +242,7 @@ def _hermitian_inverse(B, dtype):
 def _band_inverses(bk, prob, dtype):
     """Per axis: (axis, rows, tangential axes, tangential grid, B^-1 per image and frequency)."""
     xp, nd = bk.xp, prob.ndim
-    lam = np.asarray(prob.lam, dtype=np.float64)
-    alpha = np.asarray(prob.alpha, dtype=np.float64)
+    lam, alpha = image_params(prob)
     Bimg = lam.shape[0]
     A = prob.A
     hs = _host(bk, A.kernel)
@@ -232,8 +265,13 @@ def _band_inverses(bk, prob, dtype):
                     S = band_stencil(_host(bk, t.op.kernel), t.op._plans[axis], t.op.boundary, axis, rows)
                 Bt = t.weight * _symbol(S, grid_t)
                 Br = Bt if Br is None else Br + Bt
-            Btot += lam[:, None, None, None] * Br[None]
-        Btot += alpha[:, None, None, None] * np.eye(nr)[None, None]
+            for i, li in enumerate(lam):  # per image, in place: no (B, F, nr, nr) temporaries
+                Btot[i] += li * Br
+            del Br
+        del Bd
+        for i, ai in enumerate(alpha):
+            if ai:
+                Btot[i] += ai * np.eye(nr)
         Binv = _hermitian_inverse(Btot, dtype).reshape((Bimg,) + _spec_shape(grid_t) + (nr, nr))
         cdt = np.complex64 if np.dtype(dtype) == np.float32 else np.complex128
         Binv = Binv.real.astype(dtype) if not tang else Binv.astype(cdt)
@@ -278,12 +316,12 @@ MAX_BAND_BYTES = 64 * 2**20
 
 
 def band_bytes(prob):
-    """Bytes of the band model's complex w x w blocks (all axes and images), from shapes alone."""
+    """Bytes of the band model's complex w x w blocks (all axes; one set per image unless shared)."""
     total = 0
     for axis in range(prob.ndim):
         w, _, grid_t = _band_geometry(prob, axis)
         nr = band_rows(prob.n[axis], w).size
-        total += prob.B * int(np.prod(_spec_shape(grid_t), dtype=np.int64)) * nr * nr * 16
+        total += len(image_params(prob)[0]) * int(np.prod(_spec_shape(grid_t), dtype=np.int64)) * nr * nr * 16
     return total
 
 
@@ -353,8 +391,6 @@ def _make(bk, prob, dtype, kind):
     T = taper(bk, prob, dtype)
 
     def apply(r):
-        out = circ(r * T)
-        out *= T
-        return band(r, out)
+        return band(r, circ(r, T))
 
     return apply
