@@ -309,16 +309,22 @@ def _spec_shape(grid_t):
 def taper(bk, prob, dtype):
     """Diagonal weights that fade the circulant part out towards the faces.
 
-    1 in the interior, falling linearly to 0 at each face over about half
-    the band width (product over axes). Where the bands take over, the
-    circulant model is switched off rather than added on top: near a face
-    whose pixels M weights heavily (replicate, full mode) an added circulant
-    term would make the preconditioner far too large there.
+    1 in the interior, falling linearly to 0 at each face over ``tau``
+    pixels (product over axes). Where the bands take over, the circulant
+    model is switched off rather than added on top: near a face whose pixels
+    M weights heavily (replicate, full mode) an added circulant term would
+    make the preconditioner far too large there. ``tau`` is 3/4 of the band
+    width, except in ``valid`` mode: there M is *small* at the faces (the
+    outer pixels are seen by few taps), and keeping the circulant part on
+    up to 2 pixels from the face pays (measured, 192^2, 13-px 30-degree
+    motion, Laplacian: 75 -> 42 iterations at lam 1e-3, 205 -> 89 at 1e-4;
+    Gaussians 13-14 -> 11). Other modes: 3/4 rather than 1/2 of the band
+    width gave 0-20 % fewer iterations in same (all boundaries) and full.
     """
     t = None
     for axis in range(prob.ndim):
         w = _band_geometry(prob, axis)[0]
-        tau = max(1, -(-w // 2) + 1)
+        tau = min(2, w) if prob.mode == "valid" else max(1, round(0.75 * w))
         n = prob.n[axis]
         d = np.minimum(np.arange(n), np.arange(n)[::-1])
         ta = np.clip(d / tau, 0.0, 1.0) if 2 * w < n else np.zeros(n)
