@@ -270,8 +270,11 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage = 0.0, reg: Reg = No
         CG preconditioner. True (default) is ``"band"``: the circulant
         (Fourier-division) approximation on a padded grid plus an exact-stencil
         block model of the layers next to each face, where the circulant
-        model is worst. ``"circulant"`` uses the first part alone; False
-        runs plain CG.
+        model is worst (in ``same`` + ``symmetric``: a DCT model of the
+        mirrored kernel instead). ``"circulant"`` uses the first part alone;
+        False runs plain CG. Images whose system may be singular (``lam`` and
+        ``alpha`` ~ 0 outside ``full``) run unpreconditioned, so that CG
+        converges to the minimiser nearest `x0`.
     ndim : int, optional
         Number of spatial axes (default ``h.ndim``, or the kernels' ndim for a list).
     dtype : {None, float32, float64}, optional
