@@ -16,6 +16,8 @@ Problems (full sizes; ``--quick`` shrinks them for a smoke check)
             normal equations (a bare scipy.fft prototype through ``scipy.sparse.linalg.cg``),
             each run for exactly the number of iterations that reaches *our* error against a
             tight reference (found in an untimed pass; tolerances are not trusted).
+``motion``  the ``valid`` comparison (float64) with a 13-px 30-degree motion line at lam 1e-3
+            and 1e-4: the kernel whose spectral near-zeros make PCG work hardest.
 ``conv``    convolution modes, 2048^2 float32 with 31 x 31, and a batch 64 x 256^2:
             ``scipy.signal.fftconvolve`` and ``oaconvolve``.
 ``micro``   overheads: ``convolve`` / ``ConvolutionOperator.forward`` against the bare FFT
@@ -70,8 +72,9 @@ from _bench_common import (  # noqa: E402
 
 import gpu_deconv as gd  # noqa: E402
 from gpu_deconv import ConvolutionOperator  # noqa: E402
+from gpu_deconv.data import scene  # noqa: E402
 
-SECTIONS = ("closed", "valid", "conv", "micro", "gpu")
+SECTIONS = ("closed", "valid", "motion", "conv", "micro", "gpu")
 
 #: Findings printed under the table (conventions, checks).
 NOTES: list = []
@@ -302,25 +305,40 @@ def _iterations_to_reach(step_iter, target_err, cap):
     return it, err, time.perf_counter() - t0
 
 
+def _have_pylops(rows, prob):
+    try:
+        import pylops  # noqa: F401
+    except ImportError as exc:
+        rows.append(skipped(prob, "PyLops cgls", f"pylops not installed ({exc})"))
+        return False
+    check_pylops_setup()
+    return True
+
+
 def section_valid(sz, repeat):
     rows = []
     n, k, lam = sz.valid_n, sz.valid_k, 1e-3
     prob = f"valid Tikhonov {n}^2 unknown, {k}x{k}, lam={lam:g}, Laplacian"
-    try:
-        import pylops  # noqa: F401
-    except ImportError as exc:
-        have_pylops = False
-        rows.append(skipped(prob, "PyLops cgls", f"pylops not installed ({exc})"))
-    else:
-        check_pylops_setup()
-        have_pylops = True
-
+    have_pylops = _have_pylops(rows, prob)
     for dtype in ("float64", "float32"):
         rows += _valid_one(prob, sz, n, k, lam, dtype, have_pylops, repeat)
     return rows
 
 
-def _valid_one(prob, sz, n, k, lam, dtype, have_pylops, repeat):
+def section_motion(sz, repeat):
+    """The valid comparison with PCG's hard kernel: a 13-px 30-degree motion line, lam 1e-3 and 1e-4."""
+    from gpu_deconv.data import motion_kernel
+
+    rows = []
+    n, h = sz.valid_n, motion_kernel(13, 30)
+    have_pylops = _have_pylops(rows, f"valid Tikhonov {n}^2 unknown, motion 13 px 30 deg")
+    for lam in (1e-3, 1e-4):
+        prob = f"valid Tikhonov {n}^2 unknown, motion 13 px 30 deg, lam={lam:g}, Laplacian"
+        rows += _valid_one(prob, sz, n, 13, lam, "float64", have_pylops, repeat, kernel=h)
+    return rows
+
+
+def _valid_one(prob, sz, n, k, lam, dtype, have_pylops, repeat, kernel=None):
     import scipy.sparse.linalg as sla
 
     if have_pylops:
@@ -329,7 +347,12 @@ def _valid_one(prob, sz, n, k, lam, dtype, have_pylops, repeat):
     rows = []
     kw = dict(mode="valid", lam=lam, reg="laplacian")
     dt = np.dtype(dtype).type
-    _, h, y = blurred((n, n), k, "valid", dtype)
+    if kernel is None:
+        _, h, y = blurred((n, n), k, "valid", dtype)
+    else:  # the scene blurred by `kernel` (valid), noised as blurred() does
+        h = kernel.astype(dtype)
+        y = gd.convolve(scene((n, n)), kernel, "valid")
+        y = (y + 0.01 * np.random.default_rng(1).standard_normal(y.shape)).astype(dtype)
     log(f"valid {dtype}: reference")
     # Tight reference in float64 on exactly these (rounded) data.
     ref, rinfo = gd.deconvolve(y.astype(np.float64), h.astype(np.float64), rtol=1e-12, maxiter=5000,
@@ -605,7 +628,8 @@ def main(argv=None):
     meta = machine_info(args.workers)
     meta.update(command=" ".join(["python"] + sys.argv), quick=quick, repeat=args.repeat, sections=chosen)
     rows = []
-    funcs = {"closed": section_closed, "valid": section_valid, "conv": section_conv, "micro": section_micro,
+    funcs = {"closed": section_closed, "valid": section_valid, "motion": section_motion,
+             "conv": section_conv, "micro": section_micro,
              "gpu": section_gpu}
     t0 = time.perf_counter()
     with gd.set_workers(args.workers), scipy.fft.set_workers(args.workers):

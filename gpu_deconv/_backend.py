@@ -179,12 +179,12 @@ class Backend:
     def irfftn(self, a, s, *, overwrite_x=False):
         """Inverse of :meth:`rfftn` on the grid `s`.
 
-        ``overwrite_x=True`` lets cuFFT clobber `a` (pass it for a temporary)
-        rather than CuPy copying it first; the NumPy path ignores it.
+        ``overwrite_x=True`` lets the transform destroy `a` (pass it for a
+        temporary): no work copy of it, on the CPU (scipy.fft) and the GPU
+        (cuFFT's C2R would otherwise get a copy from CuPy).
         """
-        if self.name == "numpy":
-            return self._trailing(self._fft.irfftn, a, s)
-        return self._fft.irfftn(a, s=s, axes=tuple(range(-len(s), 0)), overwrite_x=bool(overwrite_x))
+        return self._fft.irfftn(a, s=s, axes=tuple(range(-len(s), 0)), overwrite_x=bool(overwrite_x),
+                                **self._kw())
 
     # Complex transforms over the trailing axes, for complex data (full spectrum).
     def fftn(self, a, s):
@@ -198,9 +198,12 @@ class Backend:
         """``rfftn`` of a real array, ``fftn`` of a complex one (grid `s`, trailing axes)."""
         return self.fftn(a, s) if a.dtype.kind == "c" else self.rfftn(a, s)
 
-    def ifft_any(self, A, s, complex_data):
-        """Inverse of :meth:`fft_any`: ``ifftn`` when the data are complex, else ``irfftn``."""
-        return self.ifftn(A, s) if complex_data else self.irfftn(A, s)
+    def ifft_any(self, A, s, complex_data, *, overwrite_x=False):
+        """Inverse of :meth:`fft_any`: ``ifftn`` when the data are complex, else ``irfftn``.
+
+        ``overwrite_x`` as in :meth:`irfftn` (the complex transform keeps its input).
+        """
+        return self.ifftn(A, s) if complex_data else self.irfftn(A, s, overwrite_x=overwrite_x)
 
     def dctn(self, a, ndim):
         axes = tuple(range(-ndim, 0))

@@ -25,7 +25,34 @@ def gaussian_kernel(size, sigma, ndim=2, dtype=np.float64):
 
 
 def motion_kernel(length=9, angle=30.0, size=None, dtype=np.float64):
-    """A 2-D linear motion-blur kernel (not symmetric once sampled at an angle)."""
+    """A 2-D linear motion-blur kernel: a line of `length` pixels at `angle` degrees, normalised.
+
+    The line is sampled densely and rounded to the pixel grid (no
+    anti-aliasing), so the kernel is centro-symmetric but, at angles other
+    than multiples of 90 degrees, not symmetric in each axis: ``same`` +
+    ``symmetric`` then has no DCT closed form and is solved by PCG. Its
+    transfer function has near-zeros (a sinc along the motion direction),
+    the hard case for the CG preconditioner (see DESIGN.md).
+
+    Parameters
+    ----------
+    length : int, optional
+        Length of the line in pixels (default 9).
+    angle : float, optional
+        Direction in degrees, counter-clockwise from the second axis (default 30).
+    size : int, optional
+        Side of the square kernel (default `length`, rounded up to odd).
+    dtype : dtype, optional
+        Default float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpu_deconv.data import motion_kernel
+    >>> k = motion_kernel(13, 30)
+    >>> k.shape, round(float(k.sum()), 12), bool(np.allclose(k, k[::-1, ::-1]))
+    ((13, 13), 1.0, True)
+    """
     size = size or (length if length % 2 else length + 1)
     k = np.zeros((size, size))
     c = (size - 1) / 2

@@ -394,8 +394,8 @@ class ConvolutionOperator:
         X = self._forward_spec(x)
         cplx = x.dtype.kind == "c"
         if self._fused(x.dtype):
-            return _cuda.crop(self._bk.irfftn(X, self.grid_shape), self.spatial_out_shape)
-        y = self._bk.ifft_any(X, self.grid_shape, cplx)[_window(self._plans, "m")]
+            return _cuda.crop(self._bk.irfftn(X, self.grid_shape, overwrite_x=True), self.spatial_out_shape)
+        y = self._bk.ifft_any(X, self.grid_shape, cplx, overwrite_x=True)[_window(self._plans, "m")]
         return xp.ascontiguousarray(y)
 
     def _h_as(self, dtype):
@@ -458,12 +458,14 @@ class ConvolutionOperator:
         wdt = Y.dtype if cplx else Y.real.dtype
         if not conj_done:
             Y = _times_fresh(Y, self._conj_spectrum(wdt))
+        # Y is always a spectrum made for this call: the inverse transform may destroy it.
         if self._fused(wdt):
-            v = bk.irfftn(Y, self.grid_shape)
+            v = bk.irfftn(Y, self.grid_shape, overwrite_x=True)
             if all(p.L == 0 and p.R == 0 for p in self._plans):  # P^T is E^T: a crop
                 return _cuda.crop(v, self.spatial_in_shape)
             return _cuda.fold_from_grid(v, self._plans, self.boundary)
-        v = bk.ifft_any(Y, self.grid_shape, cplx)[_window(self._plans, "n_ext")]
+        v = bk.ifft_any(Y, self.grid_shape, cplx, overwrite_x=True)[_window(self._plans, "n_ext")]
+        del Y  # before the copies below: two grid-sized arrays at a time, not three
         if self.boundary == "zero":
             return xp.ascontiguousarray(v)
         return fold(xp, v, self._plans, self.boundary)
@@ -497,14 +499,27 @@ class ConvolutionOperator:
                 XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
                 return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), False, conj_done=True)
             # E^T E on the grid as an in-place mask: no crop, no zero-filled copy.
-            v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape))
+            v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape, overwrite_x=True))
             return self._adjoint_spec(bk.rfftn(_cuda.mask_window(v, self.spatial_out_shape),
                                                self.grid_shape))
         if self._one_pass_normal:
             XE = bk.fft_any(pad(xp, x, self._plans, self.boundary), self.grid_shape)
             return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), cplx, conj_done=True)
-        y = bk.ifft_any(self._forward_spec(x), self.grid_shape, cplx)[_window(self._plans, "m")]
-        return self._adjoint_spec(bk.fft_any(y, self.grid_shape), cplx)
+        return self._adjoint_spec(self._masked_spectrum(x, cplx), cplx)
+
+    def _masked_spectrum(self, x, cplx=False):
+        """Spectrum of E^T E C P x: the window is zeroed in place, not cropped and zero-filled again.
+
+        Two grid-sized arrays at a time (the grid and its spectrum); the grid is
+        freed on return, before the adjoint's arrays exist. `cplx`: full complex transforms.
+        """
+        bk = self._bk
+        v = bk.ifft_any(self._forward_spec(x), self.grid_shape, cplx, overwrite_x=True)
+        nd = len(self._plans)
+        for a, p in enumerate(self._plans):
+            if p.m < v.shape[v.ndim - nd + a]:
+                v[(Ellipsis, slice(p.m, None)) + (slice(None),) * (nd - 1 - a)] = 0
+        return bk.fft_any(v, self.grid_shape)
 
     # -------------------------------------------------------------- matrix
     def to_matrix(self, sparse: bool = False):

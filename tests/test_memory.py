@@ -186,3 +186,34 @@ def test_solve_in_chunks_retries_a_real_solve(rng):
     assert calls == [5, 3, 2, 2, 1] and info is None
     want = gd.deconvolve(y, h, lam=0.05, mode="circular")
     assert_close(x, want, np.float64)
+
+
+def _traced_peak_per_image(f, unknown_bytes):
+    import tracemalloc
+    f()  # first call: imports and caches that a warm process already holds
+    gd.clear_cache()
+    tracemalloc.start()
+    try:
+        f()
+        return tracemalloc.get_traced_memory()[1] / unknown_bytes
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.filterwarnings("ignore::gpu_deconv.ConvergenceWarning")
+@pytest.mark.parametrize("method,budget", [("cg", 8.5), ("fft", 3.0), ("dct", 3.0)])
+def test_host_peak_per_image_of_a_shared_kernel_batch(rng, method, budget):
+    # 8 images, one kernel, one lam: kernel-only parts (filters, preconditioner
+    # blocks) are built once for the batch, CG keeps 5 image-sized vectors and
+    # each operator apply at most 3 more. Measured 7.99 (cg), 2.26, 2.27 at
+    # 8 x 512^2; before sharing and in-place work: 16.2, 3.1, 3.5.
+    from gpu_deconv.data import gaussian_kernel
+    h = gaussian_kernel(15, 2.5)
+    B, n = 8, 512
+    kw = {"cg": dict(mode="valid", maxiter=3), "fft": dict(mode="circular"),
+          "dct": dict(mode="same", boundary="symmetric")}[method]
+    m = n - 14 if method == "cg" else n
+    y = rng.random((B, m, m))
+    peak = _traced_peak_per_image(lambda: gd.deconvolve(y, h, lam=1e-2, reg="laplacian", method=method, **kw),
+                                  B * n * n * 8)
+    assert peak <= budget, peak

@@ -156,22 +156,24 @@ class ArrayCGOps:
 
 
 def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=None,
-               callback=None, keep_history=False):
+               callback=None, keep_history=False, overwrite_b=False):
     """Core loop. `A`, `M` map arrays of b's shape to that shape; systems are the trailing `nd` axes.
 
     The vector passes are the GPU's fused kernels when they are enabled, array
     expressions otherwise; the iteration itself is :func:`batched_cg_fused`.
+    ``overwrite_b=True`` lets it scale a C-contiguous `b` in place (one image-sized
+    array less at the peak); `b` is then garbage.
     """
     if _cuda.enabled(bk) and b.dtype.kind != "c":  # the fused CG kernels are real-only
         ops = _cuda.CGKernels(b.shape[:b.ndim - nd], b.shape[b.ndim - nd:], b.dtype)
     else:
         ops = ArrayCGOps(bk.xp, nd)
     return batched_cg_fused(bk, A, b, nd, ops, x0=x0, rtol=rtol, maxiter=maxiter, M=M,
-                            callback=callback, keep_history=keep_history)
+                            callback=callback, keep_history=keep_history, overwrite_b=overwrite_b)
 
 
 def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=None,
-                     callback=None, keep_history=False):
+                     callback=None, keep_history=False, overwrite_b=False):
     """The batched (P)CG iteration, with its passes over the vectors done by `ops`.
 
     `ops` (:class:`ArrayCGOps`; :class:`gpu_deconv._cuda.CGKernels` on the
@@ -199,7 +201,10 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
                          "magnitudes of the data and the operator (y, h, alpha, z) are too large for the "
                          "working precision; rescale them (or pass dtype=float64)")
     scale = pow2_scale(xp, b, nd)[expand]
-    b = xp.ascontiguousarray(b * scale)
+    if overwrite_b and b.flags.c_contiguous and b.flags.writeable:
+        b *= scale  # exact (a power of two), and no second copy of b
+    else:
+        b = xp.ascontiguousarray(b * scale)
     if x0 is not None:
         x0 = x0 * scale
     if callback is not None:
@@ -234,6 +239,7 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     z = vec(M(r)) if M is not None else r
     p = xp.array(z, order="C", copy=True)
     rz = ops.dot(r, z)
+    del z
     rz_new = xp.empty_like(rz)
     pq = xp.empty_like(rz)
     rr = xp.empty_like(rz)
@@ -308,6 +314,7 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         keep = active if restart is None else active & ~restart
         beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0)
         ops.update_p(p, z, beta)
+        del z  # not needed until the next M(r): one image-sized array less at the peaks
         rz, rz_new = rz_new, rz
     # Report the true residual of what is returned (one more operator
     # application unless every image was confirmed converged above).

@@ -32,7 +32,7 @@ from . import closed_form as cf
 from . import lam as lamsel
 from ._scaling import balance_scales, unscale
 from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2_scale
-from .precond import make_preconditioner
+from .precond import image_params, make_preconditioner
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
 
 __all__ = ["deconvolve", "choose_lam", "estimate_noise", "LamSelectionWarning"]
@@ -224,9 +224,16 @@ def _make_normal(bk, prob, dtype):
     use_alpha = prob.use_alpha
 
     def apply(x):
-        out = A._normal(x, x.shape[:1])
+        # The regularizer first, scaled in place: at most one extra array alive during A's normal.
         if prob.use_reg:
-            out += lam * _normal_reg(prob, x)
+            out = _normal_reg(prob, x)
+            if out is x:
+                out = lam * out
+            else:
+                out *= lam
+            out += A._normal(x, x.shape[:1])
+        else:
+            out = A._normal(x, x.shape[:1])
         if use_alpha:
             out += alpha * x
         return out
@@ -301,8 +308,11 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
         CG preconditioner. True (default) is ``"band"``: the circulant
         (Fourier-division) approximation on a padded grid plus an exact-stencil
         block model of the layers next to each face, where the circulant
-        model is worst. ``"circulant"`` uses the first part alone; False
-        runs plain CG.
+        model is worst (in ``same`` + ``symmetric``: a DCT model of the
+        mirrored kernel instead). ``"circulant"`` uses the first part alone;
+        False runs plain CG. Images whose system may be singular (``lam`` and
+        ``alpha`` ~ 0 outside ``full``) run unpreconditioned, so that CG
+        converges to the minimiser nearest `x0`.
     ndim : int, optional
         Number of spatial axes (default ``h.ndim``, or the kernels' ndim for a list).
     dtype : {None, float32, float64}, optional
@@ -581,14 +591,15 @@ def _solve_closed(prob, method):
 
     def build():
         stats = {}
+        lam, alpha = image_params(prob)  # one filter for a batch that shares them, not one per image
         if method == "fft":
             Hs = prob.A.spectrum(wdt)
             # |H|^2 from the kernel's 1-D factors when separable (one real pass).
             Hp = None if prob.A.kernel_batch else kernel_power(bk, prob.A.kernel, prob.A.grid_shape, wdt)
-            W, V = cf.spectral_filter(bk, Hs, _reg_power(bk, prob, wdt), prob.lam, prob.alpha, nd, wdt,
+            W, V = cf.spectral_filter(bk, Hs, _reg_power(bk, prob, wdt), lam, alpha, nd, wdt,
                                       Hp=Hp, stats=stats)
         else:
-            W, V = _dct_filters(prob, stats)
+            W, V = _dct_filters(prob, stats, lam, alpha)
         # |H| <= sum|h| at every frequency (and so is every DCT eigenvalue of a
         # symmetric kernel): bounds on max|W| and max|V| without a pass over them.
         inv = 1.0 / stats["dmin"]
@@ -636,7 +647,7 @@ def _solve_fft_fused(prob):
     return bk.irfftn(Y, n, overwrite_x=True)  # Y is a temporary: no copy of it for cuFFT's C2R
 
 
-def _dct_filters(prob, stats=None):
+def _dct_filters(prob, stats=None, lam=None, alpha=None):
     bk, n, nd = prob.bk, prob.n, prob.ndim
     lam_A = cf.dct_eigenvalues(bk, lambda d: prob.A._forward(d, (1,)), n, nd)
     lam_R = None
@@ -647,7 +658,8 @@ def _dct_filters(prob, stats=None):
             else:
                 L = cf.dct_eigenvalues(bk, lambda d, op=t.op: op._normal(d, (1,)), n, nd)
             lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
-    return cf.dct_filter(bk, lam_A, lam_R, prob.lam, prob.alpha, nd, prob.dtype, stats=stats)
+    return cf.dct_filter(bk, lam_A, lam_R, prob.lam if lam is None else lam,
+                         prob.alpha if alpha is None else alpha, nd, prob.dtype, stats=stats)
 
 
 def _closed_info(prob, method, x, rtol):
@@ -679,7 +691,7 @@ def _solve_cg(prob, rtol, maxiter, precondition, return_info):
     else:
         M = make_preconditioner(bk, pprob, prob.dtype, precondition) if precondition else None
     x, d = batched_cg(bk, normal, _rhs(prob), prob.ndim, x0=prob.x0, rtol=rtol, maxiter=maxiter, M=M,
-                      keep_history=return_info)
+                      keep_history=return_info, overwrite_b=True)
     shape = prob.batch
     info = SolveInfo("cg", d["iterations"].reshape(shape), d["residual"].reshape(shape),
                      d["converged"].reshape(shape), d["breakdown"].reshape(shape),
