@@ -631,6 +631,7 @@ def _solve_fft_fused(prob):
     R = _cache.cached(bk, prob.key("reg_power"), lambda: _reg_power(bk, prob, wdt)) if prob.use_reg else None
     lam = bk.xp.asarray(prob.lam.astype(wdt))
     alpha = bk.xp.asarray(prob.alpha.astype(wdt))
+
     def extrema():
         dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
         # Judged against the data term's scale max |H|^2 (as on the CPU), not the whole denominator's.
@@ -640,7 +641,10 @@ def _solve_fft_fused(prob):
     # Cached like the spectra (same kernel, regularizers, lam, alpha, dtype: same denominator), so
     # that a warm call neither reduces it again nor waits for the device; the check runs every call.
     dmin, scale = _cache.cached(bk, prob.key("fft_fused_extrema"), extrema)
-    cf.check_extrema(dmin, scale, np.finfo(wdt).eps, prob.lam, prob.alpha)
+    lam_c, alpha_c = image_params(prob)  # a batch sharing them is judged (and reported) as one, as on the CPU
+    if lam_c.size == 1:
+        dmin, scale = np.asarray(dmin).ravel()[:1], np.asarray(scale).ravel()[:1]
+    cf.check_extrema(dmin, scale, np.finfo(wdt).eps, lam_c, alpha_c)
     Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
     Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
     Y = _cuda.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
