@@ -876,17 +876,18 @@ def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batc
         y_e = prob.y
     sel_rtol = max(rtol, SELECT_RTOL)
 
-    def solve_at(lam, state):
+    def solve_at(lam, state, with_probes=True):
+        e = E if with_probes else 1
         x0 = state
         if x0 is None and prob.x0 is not None:
-            x0 = xp.zeros((B, E) + n, dtype=prob.dtype)
+            x0 = xp.zeros((B, e) + n, dtype=prob.dtype)
             x0[:, 0] = prob.x0
-        p = _expanded(prob, E, y_e, lam, x0)
+        p = _expanded(prob, e, y_e if with_probes else prob.y, lam, x0)
         # One preconditioner (built at the surrogate's lam, cached) serves every lam tried:
         # it stays SPD, and building one per lam would cost more than it saves.
-        p.lam_precond = np.repeat(lam_s, E)
+        p.lam_precond = np.repeat(lam_s, e)
         x, _ = _solve_problem(p, "cg", sel_rtol, maxiter, precondition, False, batch_size)
-        return x.reshape((B, E) + n)
+        return x.reshape((B, e) + n)
 
     return lamsel.refine_exact(prob, criterion, lam_s, solve_at, pts, target=target, nprobes=P,
                                curve=curve, min_dof=min_dof)
@@ -936,10 +937,12 @@ batch_size
     Elsewhere a circular surrogate (the data tapered to zero over one kernel
     width at the faces) is searched the same way, and batched CG solves of the
     exact model refine its answer ``lam_s``. GCV: the exact model's GCV at
-    ``lam_s * 10^(-+1/4)`` (the residual exactly, ``tr(A)`` from Rademacher
-    probes solved as extra batch entries, with a DCT model of the influence
-    matrix as control variate) fits a log-linear correction of the surrogate's
-    curve, whose minimum within a decade of ``lam_s`` is the answer.
+    ``lam_s * 10^(-+1/4)`` (the residual exactly; ``tr(A)`` from Rademacher
+    probes solved as extra batch entries at the first point, with a DCT model
+    of the influence matrix as control variate, and at the second that
+    model's trace plus the offset measured at the first) fits a log-linear
+    correction of the surrogate's curve, whose minimum within a decade of
+    ``lam_s`` is the answer.
     Discrepancy: secant steps on the exact residual. Those solves use ``rtol =
     max(rtol, 1e-5)`` and one preconditioner, built at ``lam_s``. In ``valid``
     mode ``A -> I`` as ``lam -> 0`` (the unknown has more samples than the

@@ -466,8 +466,10 @@ def _corrected(t0, step, evaluate, sur, mask, xp):
     convex there.
     """
     h = step / 2
-    v1, s1 = evaluate(t0 - h, None)
-    v2, s2 = evaluate(t0 + h, s1)
+    v1, s1, offset = evaluate(t0 - h, None)
+    # The boundary's share of the trace, tr(A) - tr(A_dct), changes little over half a decade:
+    # measured by the probes at the first point, carried to the second (one probe solve, not two).
+    v2, s2, _ = evaluate(t0 + h, s1[:, :1], offset)
     T, V = sur["T"], sur["V"]
     out = np.empty(t0.size)
     for b in range(t0.size):
@@ -482,8 +484,8 @@ def _corrected(t0, step, evaluate, sur, mask, xp):
         corr = np.log(vv) + slope * (tt - t0[b])
         out[b] = _parabola_min(tt, np.exp(corr - corr.min()))
     near = np.abs(out - (t0 - h)) <= np.abs(out - (t0 + h))
-    warm = xp.where(mask(near, s1), s1, s2)
-    return 10.0 ** out, warm[:, 0]
+    warm = xp.where(mask(near, s2[:, 0]), s1[:, 0], s2[:, 0])
+    return 10.0 ** out, warm
 
 
 def probes(m, count, seed=0):
@@ -496,14 +498,17 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur_points, *, target=None, n
                  factor=10.0 ** 0.5, max_steps=3, min_dof=0.0):
     """Refine a surrogate's ``lam_s`` on the exact model (CG modes).
 
-    ``solve_at(lam, x0) -> state`` solves, at per-image ``lam`` and warm
-    started from a previous state (or None), the data and, for GCV, the
-    `nprobes` probes as extra batch entries: ``state`` has shape
-    ``(B, 1 + nprobes, *n)``, the data's solution first.
+    ``solve_at(lam, x0, with_probes) -> state`` solves, at per-image ``lam``
+    and warm started from a previous state (or None), the data and, with
+    `with_probes`, the `nprobes` probes as extra batch entries: ``state`` has
+    shape ``(B, 1 + nprobes, *n)`` (or ``(B, 1, *n)``), the data's solution
+    first.
 
     GCV: the exact model's GCV at ``lam_s * factor^(-+1/4)`` (the residual
-    exactly, ``tr(A)`` by Hutchinson probes with the DCT filter of
-    :func:`dct_powers` as control variate) fixes a log-linear correction of
+    exactly; ``tr(A)`` by Hutchinson probes with the DCT filter of
+    :func:`dct_powers` as control variate at the first point, and at the
+    second the DCT filter's trace plus the offset measured at the first)
+    fixes a log-linear correction of
     the surrogate's curve (`sur_points`, from :func:`search_spectral`), whose
     minimum is the answer (:func:`_corrected`). Discrepancy: secant steps on
     the exact log residual against ``log lam`` (at most `max_steps` after
@@ -529,25 +534,30 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur_points, *, target=None, n
     def mask(sel, like):
         return xp.asarray(sel).reshape((B,) + (1,) * (like.ndim - 1))
 
-    def evaluate(t, x0):
+    def evaluate(t, x0, offset=None):
+        """Criterion at log10 lam = t. GCV: ``offset`` None solves the probes too and returns the
+        trace offset ``tr(A) - tr(A_dct)`` measured there; given, it carries that offset over."""
         lam = 10.0 ** np.asarray(t, f64)
-        state = solve_at(lam, x0)
+        with_probes = gcv and offset is None
+        state = solve_at(lam, x0, with_probes)
         r = prob.A._forward(state[:, 0], (B,)) - prob.y
         res = bk.asnumpy((r.astype(f64) ** 2).sum(axis=axes)).astype(f64)
         if gcv:
-            u = state[:, 1:].reshape((B * nprobes,) + n)
-            Hu = prob.A._forward(u, (B * nprobes,)).reshape((B, nprobes) + tuple(prob.m)).astype(f64)
-            vAv = bk.asnumpy((Hu * V[None]).sum(axis=axes))  # (B, P)
             Ns = xp.asarray(lam.reshape(-1, 1)) * cv_R + alpha_b
             fs = xp.broadcast_to(cv_Hp / (Ns + cv_Hp), (B, CV2.shape[1]))
-            vAsv = bk.asnumpy(xp.einsum("bk,pk->bp", fs, CV2))
-            trA = bk.asnumpy(fs.sum(axis=1)) + (vAv - vAsv).mean(axis=1)
-            val = _criterion("gcv", res, m - trA, m, min_dof)
+            trAs = bk.asnumpy(fs.sum(axis=1))
+            if with_probes:
+                u = state[:, 1:].reshape((B * nprobes,) + n)
+                Hu = prob.A._forward(u, (B * nprobes,)).reshape((B, nprobes) + tuple(prob.m)).astype(f64)
+                vAv = bk.asnumpy((Hu * V[None]).sum(axis=axes))  # (B, P)
+                vAsv = bk.asnumpy(xp.einsum("bk,pk->bp", fs, CV2))
+                offset = (vAv - vAsv).mean(axis=1)
+            val = _criterion("gcv", res, m - (trAs + offset), m, min_dof)
         else:
             val = res / m
         if curve is not None:
             curve.add(lam, val, True)
-        return val, state
+        return (val, state, offset) if gcv else (val, state)
 
     t0 = np.log10(np.asarray(lam_s, f64))
     step = np.log10(factor)
