@@ -940,7 +940,7 @@ batch_size
     ``lam_s * 10^(-+1/4)`` (the residual exactly; ``tr(A)`` from Rademacher
     probes solved as extra batch entries at the first point, with a DCT model
     of the influence matrix as control variate, and at the second that
-    model's trace plus the offset measured at the first) fits a log-linear
+    model's trace times the ratio measured at the first) fits a log-linear
     correction of the surrogate's curve, whose minimum within a decade of
     ``lam_s`` is the answer.
     Discrepancy: secant steps on the exact residual. Those solves use ``rtol =
