@@ -462,8 +462,8 @@ def _corrected(t0, step, evaluate, sur, mask, xp):
     ``log G(t) ~ log S(t) + a + b t`` with ``a, b`` from the exact GCV at
     ``t0 -+ step / 2``; the answer minimises that corrected curve over the
     surrogate's points within one decade of ``t0`` (parabola through the
-    best), or is the better exact point if the corrected curve is not
-    convex there.
+    best, or the best point itself where the curve is not convex there); the
+    better exact point where an exact value is not finite.
     """
     h = step / 2
     v1, s1, ratio = evaluate(t0 - h, None)
@@ -509,9 +509,9 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur_points, *, target=None, n
     exactly; ``tr(A)`` by Hutchinson probes with the DCT filter of
     :func:`dct_powers` as control variate at the first point, and at the
     second the DCT filter's trace times the ratio measured at the first)
-    fixes a log-linear correction of
-    the surrogate's curve (`sur_points`, from :func:`search_spectral`), whose
-    minimum is the answer (:func:`_corrected`). Discrepancy: secant steps on
+    fixes a log-linear correction of the surrogate's curve (`sur_points`,
+    from :func:`search_spectral`), whose minimum is the answer
+    (:func:`_corrected`). Discrepancy: secant steps on
     the exact log residual against ``log lam`` (at most `max_steps` after
     the first two). `min_dof`: GCV is +inf where ``tr(I - A) < min_dof m``.
 
