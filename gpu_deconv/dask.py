@@ -50,7 +50,7 @@ from ._validation import (
     float_dtype,
     plain_ndarray,
 )
-from .solvers.lam import CRITERIA
+from .solvers.lam import criterion_of
 
 if TYPE_CHECKING:
     import dask.array
@@ -295,10 +295,7 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
     names: list[str] = []
     kw = dict(kwargs, ndim=nd, dtype=dtype)
     per_image = [("lam", lam), ("alpha", alpha)]
-    if isinstance(lam, str):
-        if lam not in CRITERIA:
-            raise TypeError(f"lam must be a non-negative number, one per image, 'gcv' or 'discrepancy'; "
-                            f"got {lam!r:.60}")
+    if criterion_of(lam):
         kw["lam"] = lam
         per_image = per_image[1:]
     if noise_sigma is not None:

@@ -177,6 +177,21 @@ def dct_eigenvalues(bk, apply, n, ndim):
     return num / den
 
 
+def dct_spectra(bk, A, terms, n, ndim):
+    """``(Lambda_A, Lambda_R)``: DCT eigenvalues of the data operator `A` and of ``sum_i w_i G_i^T G_i``.
+
+    `terms` are regularizer terms (weight, identity or operator); ``Lambda_R``
+    is None without any. The operators must be DCT-diagonal (checked by the caller).
+    """
+    lam_A = dct_eigenvalues(bk, lambda d: A._forward(d, (1,)), n, ndim)
+    lam_R = None
+    for t in terms:
+        L = bk.xp.ones(n) if t.is_identity else dct_eigenvalues(
+            bk, lambda d, op=t.op: op._normal(d, (1,)), n, ndim)
+        lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
+    return lam_A, lam_R
+
+
 def dct_filter(bk, lam_A, lam_R, lam, alpha, ndim, dtype, stats=None):
     """Filters of the DCT closed form: ``W = Lambda_A / D``, ``V = alpha / D``."""
     lam_b = image_scalars(bk, lam, np.float64, ndim)

@@ -381,7 +381,7 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
             batch_size=batch_size, noise_sigma=noise_sigma))
     rtol, maxiter, precondition, batch_size = _solver_options(method, rtol, maxiter, precondition,
                                                               batch_size)
-    criterion = _criterion_arg(lam)
+    criterion = lamsel.criterion_of(lam)
     prob = build_problem(y, h, lam=1.0 if criterion else lam, reg=reg, mode=mode, boundary=boundary,
                          convention=convention, alpha=alpha, z=z, x0=x0, ndim=ndim, dtype=dtype)
     method = choose_method(prob, method)
@@ -428,17 +428,6 @@ def _solver_options(method, rtol, maxiter, precondition, batch_size):
         check_choice("precondition", precondition, ("band", "circulant"))
     maxiter = DEFAULT_MAXITER if maxiter is None else check_positive("maxiter", maxiter, integer=True)
     return rtol, maxiter, precondition, _memory.check_batch_size(batch_size)
-
-
-def _criterion_arg(lam):
-    """The lam-selection criterion named by `lam`, or None for a number."""
-    if isinstance(lam, str):
-        if lam not in lamsel.CRITERIA:
-            # Numeric strings are never parsed ("1e-3" is a TypeError, as for alpha).
-            raise TypeError(f"lam must be a non-negative number, one per image, 'gcv' or 'discrepancy'; "
-                            f"got {lam!r:.60}")
-        return lam
-    return None
 
 
 def _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch_size):
@@ -653,15 +642,7 @@ def _solve_fft_fused(prob):
 
 def _dct_filters(prob, stats=None, lam=None, alpha=None):
     bk, n, nd = prob.bk, prob.n, prob.ndim
-    lam_A = cf.dct_eigenvalues(bk, lambda d: prob.A._forward(d, (1,)), n, nd)
-    lam_R = None
-    if prob.use_reg:
-        for t in prob.terms:
-            if t.is_identity:
-                L = bk.xp.ones(n)
-            else:
-                L = cf.dct_eigenvalues(bk, lambda d, op=t.op: op._normal(d, (1,)), n, nd)
-            lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
+    lam_A, lam_R = cf.dct_spectra(bk, prob.A, prob.terms if prob.use_reg else [], n, nd)
     return cf.dct_filter(bk, lam_A, lam_R, prob.lam if lam is None else lam,
                          prob.alpha if alpha is None else alpha, nd, prob.dtype, stats=stats)
 
@@ -735,9 +716,8 @@ def _noise_target(prob, noise_sigma):
         sigma = per_image("noise_sigma", noise_sigma, prob.batch).reshape(prob.B)
         if np.any(sigma <= 0):
             raise ValueError(f"noise_sigma must be positive; got {noise_sigma!r:.60}")
-        # y far from 1 was rescaled by 2^-ed (ed = x_exp + lam_exp / 2): so is its noise
-        ed = np.broadcast_to(np.asarray(prob.x_exp) + np.asarray(prob.lam_exp) // 2, (prob.B,))
-        sigma = np.ldexp(sigma.astype(np.float64), -ed)
+        # y far from 1 was rescaled by a power of two: so is its noise
+        sigma = np.ldexp(sigma.astype(np.float64), -_data_exp(prob))
     return sigma.astype(np.float64) ** 2
 
 
@@ -815,6 +795,11 @@ def _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, preconditio
     return out
 
 
+def _data_exp(prob):
+    """Per image (B,), the power of two y was divided by (x_exp = ed - ec, lam_exp = 2 ec)."""
+    return np.broadcast_to(np.asarray(prob.x_exp) + np.asarray(prob.lam_exp) // 2, (prob.B,))
+
+
 def _caller_curve(prob, curve):
     """The curve with lam (and the discrepancy's sigma^2 and residuals) in the caller's units."""
     if not (np.any(prob.lam_exp) or np.any(prob.x_exp)):
@@ -822,7 +807,7 @@ def _caller_curve(prob, curve):
     shape = tuple(prob.batch) + (1,)
     curve.lam = np.ldexp(curve.lam, np.broadcast_to(prob.lam_exp, (prob.B,)).reshape(shape))
     if curve.criterion == "discrepancy":
-        ed = np.broadcast_to(np.asarray(prob.x_exp) + np.asarray(prob.lam_exp) // 2, (prob.B,))
+        ed = _data_exp(prob)
         curve.value = np.ldexp(curve.value, (2 * ed).reshape(shape))
         curve.target = np.ldexp(curve.target, (2 * ed).reshape(prob.batch))
     return curve

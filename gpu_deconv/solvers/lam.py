@@ -31,11 +31,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._spectra import abs2, kernel_power, weighted_power
+from .closed_form import dct_spectra
 
-__all__ = ["LamCurve", "CRITERIA", "estimate_noise_flat", "spectral_model", "search_spectral",
-           "surrogate_model", "refine_exact"]
+__all__ = ["LamCurve", "CRITERIA", "criterion_of", "estimate_noise_flat", "spectral_model",
+           "search_spectral", "surrogate_model", "refine_exact"]
 
 CRITERIA = ("gcv", "discrepancy")
+
+
+def criterion_of(lam):
+    """The criterion named by a ``lam`` argument, or None for a number (checked where it is used).
+
+    Numeric strings are never parsed: ``"1e-3"`` is a TypeError, as for ``alpha``.
+    """
+    if not isinstance(lam, str):
+        return None
+    if lam not in CRITERIA:
+        raise TypeError(f"lam must be a non-negative number, one per image, 'gcv' or 'discrepancy'; "
+                        f"got {lam!r:.60}")
+    return lam
 
 #: Decades searched below and above the reference ``lam_ref = max|H|^2 / max R``.
 DECADES_BELOW = {4: 5.0, 8: 10.0}
@@ -132,8 +146,9 @@ class SpectralModel:
     ``scale`` turns ``sum_k w_k |r_k|^2`` into ``||r||^2``.
     """
 
-    def __init__(self, xp, Hp, R, wa, w, scale, m, alpha, wb=None, wc=None):
-        self.xp = xp
+    def __init__(self, bk, Hp, R, wa, w, scale, m, alpha, wb=None, wc=None):
+        self.bk, self.xp = bk, bk.xp
+        xp = bk.xp
         self.Hp, self.R, self.wa, self.w = Hp, R, wa, w
         self.wb, self.wc = wb, wc
         self.scale, self.m = float(scale), int(m)
@@ -162,11 +177,8 @@ class SpectralModel:
         else:
             f *= f
             res = xp.einsum("bk,bk->b", f, self.wa)
-        return (np.asarray(self._host(res), np.float64) * self.scale,
-                np.asarray(self._host(trace), np.float64))
-
-    def _host(self, a):
-        return a.get() if hasattr(a, "get") else a
+        return (np.asarray(self.bk.asnumpy(res), np.float64) * self.scale,
+                np.asarray(self.bk.asnumpy(trace), np.float64))
 
 
 def _rfft_weights(xp, grid):
@@ -208,15 +220,7 @@ def spectral_model(prob, method, Hs=None):
         if prob.use_alpha:
             HZ = (Hs * bk.rfftn(prob.z.astype(f64), grid)).reshape(B, -1)
     else:
-        from . import closed_form as cf
-
-        n = prob.n
-        lam_A = cf.dct_eigenvalues(bk, lambda d: prob.A._forward(d, (1,)), n, nd)
-        lam_R = None
-        for t in prob.terms:
-            L = xp.ones(n) if t.is_identity else cf.dct_eigenvalues(
-                bk, lambda d, op=t.op: op._normal(d, (1,)), n, nd)
-            lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
+        lam_A, lam_R = dct_spectra(bk, prob.A, prob.terms, prob.n, nd)
         Hp = _as_rows(lam_A * lam_A, B, nd)
         R = _as_rows(lam_R, B, nd)
         Y = bk.dctn(prob.y.astype(f64), nd)
@@ -229,7 +233,7 @@ def spectral_model(prob, method, Hs=None):
     if HZ is not None:
         wb = (Y.conj() * HZ).real * w if xp.iscomplexobj(Y) else Y * HZ * w
         wc = (abs2(HZ) if xp.iscomplexobj(HZ) else HZ * HZ) * w
-    return SpectralModel(xp, Hp, R, wa, w, scale, int(np.prod(prob.m)), prob.alpha, wb, wc)
+    return SpectralModel(bk, Hp, R, wa, w, scale, int(np.prod(prob.m)), prob.alpha, wb, wc)
 
 
 # ----------------------------------------------------------- surrogate model
@@ -283,7 +287,7 @@ def surrogate_model(prob):
     if prob.use_alpha:
         wb = xp.zeros_like(wa)
         wc = wb
-    return SpectralModel(xp, Hp, R, wa, w, 1.0 / float(np.prod(m)), int(np.prod(m)), prob.alpha, wb, wc)
+    return SpectralModel(bk, Hp, R, wa, w, 1.0 / float(np.prod(m)), int(np.prod(m)), prob.alpha, wb, wc)
 
 
 def dct_powers(prob):
