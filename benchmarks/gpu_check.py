@@ -6,7 +6,7 @@ Meant to fit in about five minutes on an H100/H200 with nothing installed
 beyond the package's dependencies and CuPy. It
 
 1. compiles every module of ``kernels/`` for float32 and float64 with CuPy's
-   NVRTC (``gpu_deconv._kernels``) and looks up every kernel the launchers use;
+   NVRTC (``gpu_deconv._cuda.modules``) and looks up every kernel the launchers use;
 2. runs each launcher of ``gpu_deconv._cuda`` against the generic CuPy path
    (the same operation with the custom kernels turned off), every boundary,
    1 to 3 axes, both precisions;
@@ -50,8 +50,9 @@ SIMULATED = _simulator.install()
 
 import numpy as np  # noqa: E402
 
-from gpu_deconv import _cuda, _kernels  # noqa: E402
+from gpu_deconv import _cuda  # noqa: E402
 from gpu_deconv._backend import _backend, cupy_status  # noqa: E402
+from gpu_deconv._cuda import modules as _kernels  # noqa: E402
 
 BOUNDARIES = tuple(_cuda.BOUNDARY_CODES)
 DTYPES = (np.float32, np.float64)
@@ -156,9 +157,10 @@ def _err(got, want):
 
 def launcher_checks(cp):
     """(name, dtype, relative error) of each launcher against the generic CuPy path."""
-    from gpu_deconv._padding import fold, pad, plan_axis
+    from gpu_deconv._backend import get_backend
+    from gpu_deconv._ops import ArrayOps
+    from gpu_deconv._padding import plan_axis
     from gpu_deconv.solvers import closed_form as cf
-    from gpu_deconv.solvers.multichannel import sherman_morrison
 
     bk = _backend("cupy")
     rng = np.random.default_rng(0)
@@ -180,8 +182,8 @@ def launcher_checks(cp):
                 got_f = _cuda.fold_from_grid(v, plans, boundary)
                 with generic_path():
                     want_p = cp.zeros((3,) + G, dtype=dt)
-                    want_p[win] = pad(cp, x, plans, boundary)
-                    want_f = fold(cp, cp.ascontiguousarray(v[win]), plans, boundary)
+                    want_p[win] = ArrayOps(get_backend(x=x)).pad(x, plans, boundary)
+                    want_f = ArrayOps(get_backend(x=x)).fold(cp.ascontiguousarray(v[win]), plans, boundary)
                 yield f"pad_to_grid {boundary} {nd}-D", dt, _err(got_p, want_p)
                 yield f"fold_from_grid {boundary} {nd}-D", dt, _err(got_f, want_f)
         for nd in (1, 2, 3):
@@ -220,7 +222,8 @@ def launcher_checks(cp):
         Dm, Zm = crandn((3,) + F), crandn((2, 3) + F)
         am = cp.asarray(np.array([0.5, 2.0]).reshape(2, 1, 1))
         with generic_path():
-            want = sherman_morrison(cp, Dm, cp.broadcast_to(Y[0], (2,) + F), Zm, am.astype(dt))
+            want = ArrayOps(get_backend(x=Dm)).sherman_morrison(Dm, cp.broadcast_to(Y[0], (2,) + F), Zm,
+                                                                am.astype(dt))
         yield "sherman_morrison", dt, _err(_cuda.sherman_morrison(Dm, Y[0], Zm, am), want)
         for N in (1, 700, 5000):
             ops = _cuda.CGKernels((4,), (N,), dt)

@@ -128,7 +128,8 @@ def corpus():
                 yc = gd.convolve(to(xc.astype(cdt)), hcx, mode, boundary=bnd)
                 xk, ik = gd.deconvolve(yc, hcx, lam=1e-3, mode=mode, boundary=bnd, return_info=True,
                                        rtol=1e-8)
-                return dict(x=host(xs), it=np.asarray(info.iterations), xk=host(xk), itk=np.asarray(ik.iterations))
+                return dict(x=host(xs), it=np.asarray(info.iterations), xk=host(xk),
+                            itk=np.asarray(ik.iterations))
             yield f"complex/{np.dtype(dt).name}/{mode}/{bnd}", f
         # lam selection
         for mode, bnd in (("circular", "periodic"), ("same", "symmetric"), ("valid", "zero")):

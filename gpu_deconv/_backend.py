@@ -143,7 +143,7 @@ class Backend:
         ``numpy`` or ``cupy``.
     """
 
-    __slots__ = ("name", "xp", "_fft")
+    __slots__ = ("name", "xp", "_fft", "_ops")
 
     def __init__(self, name):
         self.name = name
@@ -157,6 +157,7 @@ class Backend:
 
             self.xp = cupy
         self._fft = fft
+        self._ops = {}
 
     def __repr__(self):
         return f"Backend({self.name!r})"
@@ -164,6 +165,28 @@ class Backend:
     @property
     def is_gpu(self) -> bool:
         return self.name == "cupy"
+
+    @property
+    def ops(self):
+        """The device seam: :class:`gpu_deconv._ops.ArrayOps`, or its CUDA-kernel subclass.
+
+        CuPy gets :class:`gpu_deconv._cuda.ops.CudaOps` unless
+        ``GPU_DECONV_DISABLE_KERNELS`` is set (read at every call, so a test can
+        flip it between two solves); NumPy always gets the array expressions.
+        """
+        kind = "array"
+        if self.name == "cupy":
+            from ._cuda import kernels_disabled
+
+            kind = "array" if kernels_disabled() else "cuda"
+        ops = self._ops.get(kind)
+        if ops is None:
+            if kind == "cuda":
+                from ._cuda.ops import CudaOps as cls
+            else:
+                from ._ops import ArrayOps as cls
+            ops = self._ops.setdefault(kind, cls(self))
+        return ops
 
     def _kw(self):
         return {"workers": get_workers()} if self.name == "numpy" else {}

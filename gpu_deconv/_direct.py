@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._padding import fold, pad
-
 __all__ = ["DirectPlan", "direct_forward", "direct_adjoint"]
 
 
@@ -56,8 +54,9 @@ class DirectPlan:
         return len(self.taps)
 
 
-def _extended(xp, x, dp):
-    xe = pad(xp, x, dp.plans, dp.boundary)
+def _extended(ops, x, dp):
+    xp = ops.xp
+    xe = ops.pad(x, dp.plans, dp.boundary)
     if any(lo or hi for lo, hi in dp.zpad):
         widths = [(0, 0)] * (x.ndim - len(dp.plans)) + list(dp.zpad)
         xe = xp.pad(xe, widths)
@@ -87,10 +86,10 @@ def _coefs(h, dp, kb, nd):
     return [None if v == 1.0 else v for v in vals]
 
 
-def direct_forward(xp, x, h, dp, batch):
-    """``E C P x`` by shifted multiply-adds; `h` has optional leading kernel-batch axes."""
-    nd = len(dp.plans)
-    xe = _extended(xp, x, dp)
+def direct_forward(ops, x, h, dp, batch):
+    """``E C P x`` by shifted multiply-adds (`ops`: the device seam); `h` may have kernel-batch axes."""
+    xp, nd = ops.xp, len(dp.plans)
+    xe = _extended(ops, x, dp)
     out_shape = tuple(batch) + tuple(p.m for p in dp.plans)
     out = xp.empty(out_shape, dtype=x.dtype)
     kb = h.ndim - nd
@@ -101,9 +100,9 @@ def direct_forward(xp, x, h, dp, batch):
     return out
 
 
-def direct_adjoint(xp, y, h, dp, batch):
+def direct_adjoint(ops, y, h, dp, batch):
     """``P^T C^T E^T y``: scatter each tap's shifted copy, then fold the extension back."""
-    nd = len(dp.plans)
+    xp, nd = ops.xp, len(dp.plans)
     ext = []
     for p, (lo, hi) in zip(dp.plans, dp.zpad):
         ext.append(p.n + p.L + p.R + lo + hi)
@@ -113,4 +112,4 @@ def direct_adjoint(xp, y, h, dp, batch):
         _accumulate(xp, ze[(Ellipsis,) + sl], y, coef, False)
     crop = tuple(slice(lo, lo + p.n + p.L + p.R) for p, (lo, _) in zip(dp.plans, dp.zpad))
     v = ze[(Ellipsis,) + crop]
-    return fold(xp, xp.ascontiguousarray(v), dp.plans, dp.boundary)
+    return ops.fold(xp.ascontiguousarray(v), dp.plans, dp.boundary)

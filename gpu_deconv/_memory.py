@@ -137,14 +137,8 @@ def per_image_bytes(prob, method, precondition="band"):
 
 
 def device_free_bytes(bk) -> int:
-    """Free device memory plus what CuPy's default pool holds unused (bytes)."""
-    cp = bk.xp
-    free, _total = cp.cuda.Device().mem_info
-    try:
-        free += cp.get_default_memory_pool().free_bytes()
-    except AttributeError:  # a pool without the statistic (e.g. an allocator set by the user)
-        pass
-    return int(free)
+    """Free device memory plus what the pool holds unused (bytes)."""
+    return bk.ops.free_bytes()
 
 
 def auto_chunk(prob, method, precondition="band", free_bytes=None) -> int:
@@ -224,54 +218,16 @@ def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None, retry_if=None):
     return out
 
 
-#: cuFFT's status code for "could not allocate" (cufftResult CUFFT_ALLOC_FAILED).
-CUFFT_ALLOC_FAILED = 2
-
-
-def _cufft_error(bk):
-    """``cupy.cuda.cufft.CuFFTError``, or None where this cupy does not have it."""
-    try:
-        import importlib
-
-        return importlib.import_module(f"{bk.xp.__name__}.cuda.cufft").CuFFTError
-    except (ImportError, AttributeError):
-        return None
-
-
 def oom_errors(bk) -> tuple:
-    """The exception types that may mean "out of device memory" for `bk` (none on the CPU).
-
-    CuPy's OutOfMemoryError, and cuFFT's CuFFTError (a plan that cannot
-    allocate fails with ``CUFFT_ALLOC_FAILED``; :func:`is_out_of_memory` tells
-    it from cuFFT's other errors).
-    """
-    if not bk.is_gpu:
-        return ()
-    errs = (bk.xp.cuda.memory.OutOfMemoryError,)
-    cufft = _cufft_error(bk)
-    return errs if cufft is None else errs + (cufft,)
+    """The exception types that may mean "out of device memory" for `bk` (none on the CPU)."""
+    return bk.ops.oom_errors()
 
 
 def is_out_of_memory(exc) -> bool:
-    """Whether an exception of :func:`oom_errors` is a lack of memory.
+    """Whether an exception of :func:`oom_errors` is a lack of memory (see ``ArrayOps.is_out_of_memory``)."""
+    from ._ops import ArrayOps
 
-    Every OutOfMemoryError; a CuFFTError only when it is ``CUFFT_ALLOC_FAILED``.
-    """
-    if type(exc).__name__ == "CuFFTError":
-        return getattr(exc, "result", None) == CUFFT_ALLOC_FAILED or "CUFFT_ALLOC_FAILED" in str(exc)
-    return True
-
-
-def _release_pool(bk):
-    def release(exc, size):
-        del exc, size
-        # Plans first: their work areas go back to the pool, which then lets go of them.
-        try:
-            bk.xp.fft.config.get_plan_cache().clear()
-        except AttributeError:  # a cupy without the plan cache
-            pass
-        bk.xp.get_default_memory_pool().free_all_blocks()
-    return release
+    return ArrayOps.is_out_of_memory(exc)
 
 
 def subproblem(prob, start, stop):
@@ -361,8 +317,8 @@ def solve_in_chunks(prob, method, batch_size, solve, *, precondition="band", ret
         return None, info_c
 
     errors = oom_errors(bk) if retry_on is None else tuple(retry_on)
-    parts = run_chunks(run, B, chunk, retry_on=errors, on_retry=_release_pool(bk) if bk.is_gpu else None,
-                       retry_if=is_out_of_memory)
+    parts = run_chunks(run, B, chunk, retry_on=errors, on_retry=lambda exc, size: bk.ops.release_memory(),
+                       retry_if=bk.ops.is_out_of_memory)
     if len(parts) == 1 and parts[0][1] - parts[0][0] == B:
         return parts[0][2]
     info = merge_info([r[1] for _, _, r in parts], tuple(prob.batch))

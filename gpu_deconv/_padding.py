@@ -1,9 +1,11 @@
-"""The padding matrix P of seed 000, its adjoint, and the per-axis geometry.
+"""The geometry of the padding matrix P: index arithmetic only.
 
 Every convolution mode is ``H = E C P``: P extends x beyond its support
 (zero / periodic / symmetric / reflect / replicate), C is a circular
 convolution on an FFT grid, E extracts the mode's window. This module holds
-the index arithmetic; :mod:`gpu_deconv.operators` does the transforms.
+the index arithmetic (which sample the extension reads, the per-axis plan,
+the output and input lengths of each mode); applying P and its adjoint is
+the device seam's (:meth:`gpu_deconv._ops.ArrayOps.pad` / ``fold``).
 
 The same arithmetic lives, element by element, in ``kernels/pad_extract.cuh``
 for the GPU; ``tests/test_kernels_harness.py`` checks that both agree.
@@ -14,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from . import _cuda
 
 
 def source_index(boundary: str, n: int, m):
@@ -105,71 +105,3 @@ def plan_axis(n, k, mode, boundary, convention, next_fast_len, *, exact_grid=Fal
         shift = j0 + L
     G = need if exact_grid else next_fast_len(need)
     return AxisPlan(n, k, m, L, R, G, shift)
-
-
-def _take(xp, a, idx, axis):
-    return xp.take(a, xp.asarray(idx), axis=axis)
-
-
-def _gpu_kernels(xp, a, plans):
-    """Whether the one-pass CUDA kernels take this pad/fold (CuPy, enabled, 1-3 axes, something to do).
-
-    The per-axis loops below stay the NumPy path, and the CuPy path when the
-    kernels are off (``GPU_DECONV_DISABLE_KERNELS``) or the data are complex
-    (the kernels are instantiated for float and double only).
-    """
-    return (xp is not np and a.dtype.kind != "c" and _cuda.enabled(xp) and _cuda.supports_ndim(len(plans))
-            and any(p.L or p.R for p in plans) and a.flags.c_contiguous)
-
-
-def pad(xp, x, plans, boundary):
-    """Apply P: extend the trailing axes of `x` by each plan's (L, R)."""
-    if boundary == "zero":
-        return x
-    if _gpu_kernels(xp, x, plans):
-        return _cuda.pad_to_grid(x, plans, boundary, tuple(p.n_ext for p in plans))
-    nd = len(plans)
-    for ax, p in enumerate(plans):
-        if p.L == 0 and p.R == 0:
-            continue
-        idx = source_index(boundary, p.n, np.arange(-p.L, p.n + p.R))
-        x = _take(xp, x, idx, ax - nd)
-    return x
-
-
-def _scatter_add(xp, out, idx, vals):
-    """out[idx] += vals along axis 0, with repeated indices accumulated."""
-    from ._backend import _backend
-
-    _backend("numpy" if xp is np else "cupy").scatter_add(out, idx, vals)
-
-
-def fold(xp, v, plans, boundary):
-    """Apply P^T: fold the extension back onto the support and add it.
-
-    The adjoint of a mirror/replicate/periodic extension adds each border
-    value to the sample it was copied from.
-    """
-    if boundary == "zero":
-        return v
-    if _gpu_kernels(xp, v, plans):
-        return _cuda.fold_from_grid(v, plans, boundary)
-    nd = len(plans)
-    for ax, p in enumerate(plans):
-        if p.L == 0 and p.R == 0:
-            continue
-        axis = ax - nd
-        vm = xp.moveaxis(v, axis, 0)
-        # Written through an axis-0 view of a C-ordered result, so that what the
-        # FFTs and the CG passes receive next is contiguous (no copy there).
-        folded = xp.empty(v.shape[:axis] + (p.n,) + v.shape[v.ndim + axis + 1:], dtype=v.dtype)
-        out = xp.moveaxis(folded, axis, 0)
-        out[...] = vm[p.L:p.L + p.n]
-        if p.L:
-            idx = source_index(boundary, p.n, np.arange(-p.L, 0))
-            _scatter_add(xp, out, idx, vm[:p.L])
-        if p.R:
-            idx = source_index(boundary, p.n, np.arange(p.n, p.n + p.R))
-            _scatter_add(xp, out, idx, vm[p.L + p.n:])
-        v = folded
-    return v

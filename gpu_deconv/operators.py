@@ -14,11 +14,11 @@ import math
 
 import numpy as np
 
-from . import _cache, _cuda
+from . import _cache
 from ._axes import check_axes, from_last, natural_shape, to_last
 from ._backend import get_backend, is_cupy_array
 from ._direct import DirectPlan, direct_adjoint, direct_forward
-from ._padding import fold, output_length, pad, plan_axis, source_index
+from ._padding import output_length, plan_axis, source_index
 from ._spectra import abs2, kernel_spectrum
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import (
@@ -52,10 +52,6 @@ def _times_fresh(S, F):
         S *= F
         return S
     return S * F
-
-
-def _window(plans, attr):
-    return (Ellipsis,) + tuple(slice(0, getattr(p, attr)) for p in plans)
 
 
 class ConvolutionOperator:
@@ -344,19 +340,6 @@ class ConvolutionOperator:
 
     __call__ = forward
 
-    def _fused(self, dtype=None):
-        """Whether the custom CUDA kernels serve this operator (CuPy, kernels on, 1 to 3 axes).
-
-        Then P is written straight into the FFT grid (no ``s=`` padding), E and
-        P^T read the grid in one pass (crop, fold by gather), and E^T E is an
-        in-place mask; the NumPy path below is untouched. The kernels are
-        instantiated for real data only: complex data (`dtype` complex, or a
-        complex kernel) take the generic CuPy path.
-        """
-        if self.dtype.kind == "c" or (dtype is not None and np.dtype(dtype).kind == "c"):
-            return False
-        return self._bk.is_gpu and _cuda.enabled(self._bk) and _cuda.supports_ndim(self.ndim)
-
     def _direct_plan(self):
         """A DirectPlan when shift-and-add beats the FFT pairs (few nonzero taps), else None.
 
@@ -390,13 +373,9 @@ class ConvolutionOperator:
             return xp.zeros(batch + self.spatial_out_shape, dtype=x.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            return direct_forward(xp, x, self._h_as(x.real.dtype), dp, batch)
-        X = self._forward_spec(x)
-        cplx = x.dtype.kind == "c"
-        if self._fused(x.dtype):
-            return _cuda.crop(self._bk.irfftn(X, self.grid_shape, overwrite_x=True), self.spatial_out_shape)
-        y = self._bk.ifft_any(X, self.grid_shape, cplx, overwrite_x=True)[_window(self._plans, "m")]
-        return xp.ascontiguousarray(y)
+            return direct_forward(self._bk.ops, x, self._h_as(x.real.dtype), dp, batch)
+        return self._bk.ops.inverse_window(self._forward_spec(x), self.grid_shape, self.spatial_out_shape,
+                                           x.dtype.kind == "c")
 
     def _h_as(self, dtype):
         return self._h if self._h.dtype == dtype else self._h.astype(dtype)
@@ -407,11 +386,7 @@ class ConvolutionOperator:
         `x` is in the working dtype (see :meth:`_promote`): real data take the
         half spectrum, complex data the full one.
         """
-        bk = self._bk
-        if self._fused(x.dtype):
-            XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
-        else:
-            XE = bk.fft_any(pad(bk.xp, x, self._plans, self.boundary), self.grid_shape)
+        XE = self._bk.ops.padded_spectrum(x, self._plans, self.boundary, self.grid_shape)
         H = self.spectrum(x.dtype)
         if keep_input:
             return XE * H, XE
@@ -445,30 +420,19 @@ class ConvolutionOperator:
             return xp.zeros(batch + self.spatial_in_shape, dtype=y.dtype)
         dp = self._direct_plan()
         if dp is not None:
-            return direct_adjoint(xp, y, self._h_as(y.real.dtype), dp, batch)
-        cplx = y.dtype.kind == "c"
-        if self._fused(y.dtype):
-            return self._adjoint_spec(bk.rfftn(_cuda.embed(y, self.grid_shape), self.grid_shape), cplx)
-        Y = bk.fft_any(y, self.grid_shape)
-        return self._adjoint_spec(Y, cplx)
+            return direct_adjoint(bk.ops, y, self._h_as(y.real.dtype), dp, batch)
+        return self._adjoint_spec(bk.ops.embedded_spectrum(y, self.grid_shape), y.dtype.kind == "c")
 
     def _adjoint_spec(self, Y, cplx=False, conj_done=False):
         """``P^T E_ext`` of the inverse transform of ``conj(H) Y`` (Y full spectrum if `cplx`)."""
-        bk, xp = self._bk, self._bk.xp
+        ops = self._bk.ops
         wdt = Y.dtype if cplx else Y.real.dtype
         if not conj_done:
             Y = _times_fresh(Y, self._conj_spectrum(wdt))
         # Y is always a spectrum made for this call: the inverse transform may destroy it.
-        if self._fused(wdt):
-            v = bk.irfftn(Y, self.grid_shape, overwrite_x=True)
-            if all(p.L == 0 and p.R == 0 for p in self._plans):  # P^T is E^T: a crop
-                return _cuda.crop(v, self.spatial_in_shape)
-            return _cuda.fold_from_grid(v, self._plans, self.boundary)
-        v = bk.ifft_any(Y, self.grid_shape, cplx, overwrite_x=True)[_window(self._plans, "n_ext")]
-        del Y  # before the copies below: two grid-sized arrays at a time, not three
-        if self.boundary == "zero":
-            return xp.ascontiguousarray(v)
-        return fold(xp, v, self._plans, self.boundary)
+        v = ops.inverse_to_grid(Y, self.grid_shape, self._plans, cplx)
+        del Y  # before the fold's copies: two grid-sized arrays at a time, not three
+        return ops.fold_grid(v, self._plans, self.boundary)
 
     def normal(self, x: ArrayLike) -> Array:
         """``adjoint(forward(x))`` with as few FFTs as possible.
@@ -492,34 +456,14 @@ class ConvolutionOperator:
         dp = self._direct_plan()
         if dp is not None:
             h = self._h_as(x.real.dtype)
-            return direct_adjoint(xp, direct_forward(xp, x, h, dp, batch), h, dp, batch)
+            return direct_adjoint(bk.ops, direct_forward(bk.ops, x, h, dp, batch), h, dp, batch)
         cplx = x.dtype.kind == "c"
-        if self._fused(x.dtype):
-            if self._one_pass_normal:
-                XE = bk.rfftn(_cuda.pad_to_grid(x, self._plans, self.boundary), self.grid_shape)
-                return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), False, conj_done=True)
-            # E^T E on the grid as an in-place mask: no crop, no zero-filled copy.
-            v = xp.ascontiguousarray(bk.irfftn(self._forward_spec(x), self.grid_shape, overwrite_x=True))
-            return self._adjoint_spec(bk.rfftn(_cuda.mask_window(v, self.spatial_out_shape),
-                                               self.grid_shape))
         if self._one_pass_normal:
-            XE = bk.fft_any(pad(xp, x, self._plans, self.boundary), self.grid_shape)
+            XE = bk.ops.padded_spectrum(x, self._plans, self.boundary, self.grid_shape)
             return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), cplx, conj_done=True)
-        return self._adjoint_spec(self._masked_spectrum(x, cplx), cplx)
-
-    def _masked_spectrum(self, x, cplx=False):
-        """Spectrum of E^T E C P x: the window is zeroed in place, not cropped and zero-filled again.
-
-        Two grid-sized arrays at a time (the grid and its spectrum); the grid is
-        freed on return, before the adjoint's arrays exist. `cplx`: full complex transforms.
-        """
-        bk = self._bk
-        v = bk.ifft_any(self._forward_spec(x), self.grid_shape, cplx, overwrite_x=True)
-        nd = len(self._plans)
-        for a, p in enumerate(self._plans):
-            if p.m < v.shape[v.ndim - nd + a]:
-                v[(Ellipsis, slice(p.m, None)) + (slice(None),) * (nd - 1 - a)] = 0
-        return bk.fft_any(v, self.grid_shape)
+        # E^T E C P x: the window zeroed in place, not cropped and zero-filled again.
+        return self._adjoint_spec(bk.ops.masked_spectrum(self._forward_spec(x), self.grid_shape,
+                                                         self.spatial_out_shape, cplx), cplx)
 
     # -------------------------------------------------------------- matrix
     def to_matrix(self, sparse: bool = False):

@@ -21,13 +21,18 @@ import numpy as np
 import pytest
 
 import gpu_deconv as gd
-from gpu_deconv import _cuda, _kernels, _memory
+from gpu_deconv import _cuda, _memory
 from gpu_deconv._backend import _backend, numpy_backend
-from gpu_deconv._padding import fold, pad, plan_axis
+from gpu_deconv._cuda import modules as _kernels
+from gpu_deconv._ops import ArrayOps
+from gpu_deconv._padding import plan_axis
 from gpu_deconv.solvers.closed_form import SingularSystemError
 from gpu_deconv.solvers.deconvolve import _spatial_in
 
 from conftest import CUPY, CUPY_REASON, assert_close, to_numpy
+
+#: The array-expression path (NumPy): the reference the kernels are compared with.
+ARRAY_OPS = ArrayOps(numpy_backend())
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(CUPY is None, reason=CUPY_REASON or "cupy is not available")]
@@ -259,11 +264,11 @@ def test_pad_fold_launchers_large_pads_and_single_samples(rng, boundary, dtype):
         x = rng.standard_normal((2,) + n).astype(dtype)
         got = on_device(_cuda.pad_to_grid(cp.asarray(x), plans, boundary))
         want = np.zeros((2,) + G, dtype=dtype)
-        want[(Ellipsis,) + tuple(slice(0, e) for e in ext)] = pad(np, x, plans, boundary)
+        want[(Ellipsis,) + tuple(slice(0, e) for e in ext)] = ARRAY_OPS.pad(x, plans, boundary)
         np.testing.assert_array_equal(to_numpy(got), want)
         v = rng.standard_normal((2,) + G).astype(dtype)
         got = on_device(_cuda.fold_from_grid(cp.asarray(v), plans, boundary))
-        want = fold(np, np.ascontiguousarray(v[(Ellipsis,) + tuple(slice(0, e) for e in ext)]), plans,
+        want = ARRAY_OPS.fold(np.ascontiguousarray(v[(Ellipsis,) + tuple(slice(0, e) for e in ext)]), plans,
                     boundary)
         assert_close(got, want, dtype, factor=10)
 
@@ -302,13 +307,12 @@ def test_spectral_and_precondition_launchers(rng, dtype):
 
 
 def test_sherman_morrison_launcher_broadcasts(rng):
-    from gpu_deconv.solvers.multichannel import sherman_morrison
 
     D = rng.standard_normal((3, 6, 4)) + 1j * rng.standard_normal((3, 6, 4))
     Y = rng.standard_normal((6, 4)) + 1j * rng.standard_normal((6, 4))  # one image for two centres
     Z = rng.standard_normal((2, 3, 6, 4)) + 1j * rng.standard_normal((2, 3, 6, 4))
     alpha = np.array([0.5, 2.0]).reshape(2, 1, 1)
-    want = sherman_morrison(np, D, np.broadcast_to(Y, (2, 6, 4)), Z, alpha)
+    want = ARRAY_OPS.sherman_morrison(D, np.broadcast_to(Y, (2, 6, 4)), Z, alpha)
     got = _cuda.sherman_morrison(cp.asarray(D), cp.asarray(Y), cp.asarray(Z), cp.asarray(alpha))
     assert got.shape == (2, 3, 6, 4)
     assert_close(got.real, want.real, np.float64)

@@ -3,7 +3,7 @@
 * every ``kernels/*.cu`` compiles with ``nvcc`` for sm_80 and sm_90 (skipped,
   with the reason, where nvcc is not on PATH);
 * every ``kernels/*.cu`` compiles with NVRTC -- the compiler cupy.RawModule
-  uses -- with the exact options of ``gpu_deconv._kernels``, one module per
+  uses -- with the exact options of ``gpu_deconv._cuda.modules``, one module per
   precision, and holds every kernel ``gpu_deconv._cuda`` may ask for
   (skipped where no libnvrtc is found; ``GPU_DECONV_NVRTC=/path/libnvrtc.so``
   points at one);
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_deconv import _cuda, _kernels
+from gpu_deconv import _cuda
+from gpu_deconv._cuda import modules as _kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
@@ -271,9 +272,9 @@ def test_launchers_match_kernel_signatures(kernel_signatures):
 
 # -------------------------------------------------------------- import time
 def test_import_compiles_nothing_and_imports_no_cupy():
-    code = ("import sys, gpu_deconv, gpu_deconv._cuda, gpu_deconv._kernels, gpu_deconv._memory; "
+    code = ("import sys, gpu_deconv, gpu_deconv._cuda, gpu_deconv._cuda.modules, gpu_deconv._memory; "
             "assert 'cupy' not in sys.modules, 'cupy imported'; "
-            "assert not gpu_deconv._kernels._MODULES; print('ok')")
+            "assert not gpu_deconv._cuda.modules._MODULES; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
@@ -284,7 +285,7 @@ def test_sources_found_from_a_plain_checkout():
     code = ("import sys; "
             "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
             f"sys.path.insert(0, {str(ROOT)!r}); "
-            "from gpu_deconv import _kernels; print(_kernels.source_dir())")
+            "from gpu_deconv._cuda import modules as _kernels; print(_kernels.source_dir())")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=str(ROOT / "tests"))
     assert res.returncode == 0, res.stderr

@@ -22,12 +22,15 @@ import pytest
 
 from gpu_deconv import _cuda
 from gpu_deconv._backend import numpy_backend
-from gpu_deconv._padding import fold, pad, plan_axis, source_index
+from gpu_deconv._ops import ArrayOps
+from gpu_deconv._padding import plan_axis, source_index
 from gpu_deconv.solvers import closed_form as cf
 from gpu_deconv.solvers.cg import batched_cg, batched_cg_fused
-from gpu_deconv.solvers.multichannel import sherman_morrison
 
 from conftest import RTOL, assert_close
+
+#: The array-expression path (NumPy): the reference the kernels are compared with.
+ARRAY_OPS = ArrayOps(numpy_backend())
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
@@ -153,19 +156,20 @@ def test_pad_and_fold_match_numpy(lib, rng, mode, boundary, nd, convention, dtyp
         got = np.full(batch + G, np.nan, dtype=dtype)
         assert lib.gdh_pad(_is64(dtype), bc, nd, _p(x), _p(got), got.size, _p(geom)) == 0
         want = np.zeros(batch + G, dtype=dtype)
-        want[(Ellipsis,) + tuple(slice(0, e) for e in ext)] = pad(np, x, plans, boundary)
+        want[(Ellipsis,) + tuple(slice(0, e) for e in ext)] = ARRAY_OPS.pad(x, plans, boundary)
         np.testing.assert_array_equal(got, want, err_msg=f"pad {case}")
         # P^T read from the grid; the grid beyond the extension must be ignored.
         v = rng.standard_normal(batch + G).astype(dtype)
         got = np.full(batch + n, np.nan, dtype=dtype)
         assert lib.gdh_fold(_is64(dtype), bc, nd, _p(v), _p(got), got.size, _p(geom)) == 0
         vw = np.ascontiguousarray(v[(Ellipsis,) + tuple(slice(0, e) for e in ext)])
-        want = fold(np, vw, plans, boundary)
+        want = ARRAY_OPS.fold(vw, plans, boundary)
         assert_close(got, want, dtype, factor=10)
         # And they are adjoint: <P x, v> = <x, P^T v>.
         lhs = float((want.astype(np.float64) * x).sum())
         pv = np.zeros(batch + G)
-        pv[(Ellipsis,) + tuple(slice(0, e) for e in ext)] = pad(np, x.astype(np.float64), plans, boundary)
+        win = (Ellipsis,) + tuple(slice(0, e) for e in ext)
+        pv[win] = ARRAY_OPS.pad(x.astype(np.float64), plans, boundary)
         assert math.isclose(lhs, float((pv * v).sum()), rel_tol=1e-3 if dtype == np.float32 else 1e-10,
                             abs_tol=1e-3 if dtype == np.float32 else 1e-10)
 
@@ -181,11 +185,11 @@ def test_pad_and_fold_with_exact_grids(lib, rng, boundary):
         x = rng.standard_normal((3,) + tuple(p.n for p in plans))
         got = np.empty((3,) + ext)
         lib.gdh_pad(1, bc, 2, _p(x), _p(got), got.size, _p(geom))
-        np.testing.assert_array_equal(got, pad(np, x, plans, boundary) if boundary != "zero" else x)
+        np.testing.assert_array_equal(got, ARRAY_OPS.pad(x, plans, boundary) if boundary != "zero" else x)
         v = rng.standard_normal((3,) + ext)
         got = np.empty_like(x)
         lib.gdh_fold(1, bc, 2, _p(v), _p(got), got.size, _p(geom))
-        assert_close(got, fold(np, v, plans, boundary), np.float64)
+        assert_close(got, ARRAY_OPS.fold(v, plans, boundary), np.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -299,7 +303,7 @@ def test_sherman_morrison_matches_numpy(lib, rng, dtype, C):
     Y = _crandn(rng, (B,) + F, dtype)
     Z = _crandn(rng, (B, C) + F, dtype)
     alpha = rng.uniform(0.2, 1.5, B).astype(dtype)
-    want = sherman_morrison(np, D, Y, Z, alpha.reshape(B, 1, 1))
+    want = ARRAY_OPS.sherman_morrison(D, Y, Z, alpha.reshape(B, 1, 1))
     got = np.empty_like(Z)
     lib.gdh_sherman_morrison(_is64(dtype), _p(D), _p(Y), _p(Z), _p(alpha), _p(got), B * nf, C, nf)
     assert_close(got.real, want.real, dtype, factor=10)
@@ -395,11 +399,11 @@ def test_dot_and_updates(lib, rng, dtype, n):
 
 def test_reduction_layout_and_names():
     assert _cuda.reduction_layout(1, 1) == (1, (1, 1))
-    assert _cuda.reduction_layout(10**7, 1) == (_cuda.MAX_PARTIALS, (_cuda.MAX_PARTIALS, 1))
+    assert _cuda.reduction_layout(10**7, 1) == (_cuda.launch.MAX_PARTIALS, (_cuda.launch.MAX_PARTIALS, 1))
     nblk, grid = _cuda.reduction_layout(10**6, 100000)
-    assert nblk == 1 and grid == (1, _cuda.MAX_GRID_Y)  # the kernels loop over the images beyond
+    assert nblk == 1 and grid == (1, _cuda.launch.MAX_GRID_Y)  # the kernels loop over the images beyond
     assert _cuda.grid_1d(0) == (1,) and _cuda.grid_1d(257) == (2,)
-    assert _cuda.grid_1d(10**12) == (_cuda.MAX_BLOCKS,)
+    assert _cuda.grid_1d(10**12) == (_cuda.launch.MAX_BLOCKS,)
     assert _cuda.kernel_name("fold", np.float32, boundary="reflect", ndim=2) == "gd_fold_reflect_2d_f32"
     assert _cuda.kernel_name("spectral_solve", np.float64) == "gd_spectral_solve_f64"
     with pytest.raises(ValueError, match="ndim=4"):

@@ -27,14 +27,18 @@ import subprocess
 import numpy as np
 import pytest
 
-from gpu_deconv import _cuda, _kernels
+from gpu_deconv import _cuda
 from gpu_deconv._backend import numpy_backend
-from gpu_deconv._padding import fold, pad, plan_axis
+from gpu_deconv._cuda import modules as _kernels
+from gpu_deconv._ops import ArrayOps
+from gpu_deconv._padding import plan_axis
 from gpu_deconv._simulator import executor
 from gpu_deconv.solvers import closed_form as cf
-from gpu_deconv.solvers.multichannel import sherman_morrison
 
 from conftest import assert_close
+
+#: The array-expression path (NumPy): the reference the kernels are compared with.
+ARRAY_OPS = ArrayOps(numpy_backend())
 
 pytestmark = pytest.mark.skipif(executor.compiler() is None,
                                 reason="no host C++ compiler (g++ or $CXX): the simulator builds nothing")
@@ -105,9 +109,9 @@ def check_pad_fold(rng, mode, boundary, nd, convention, dtype, ncases, reverse=F
         win = (Ellipsis,) + tuple(slice(0, e) for e in ext)
         x = rng.standard_normal(batch + n).astype(dtype)
         want = np.zeros(batch + G, dtype=dtype)
-        want[win] = pad(np, x, plans, boundary)
+        want[win] = ARRAY_OPS.pad(x, plans, boundary)
         v = rng.standard_normal(batch + G).astype(dtype)
-        want_fold = fold(np, np.ascontiguousarray(v[win]), plans, boundary)
+        want_fold = ARRAY_OPS.fold(np.ascontiguousarray(v[win]), plans, boundary)
         total = math.prod(batch + G)
         for grid in grids_1d(total):
             got = np.full(batch + G, np.nan, dtype=dtype)
@@ -254,7 +258,7 @@ def test_sherman_morrison_kernel(rng, dtype, C):
     Y = _crandn(rng, (B,) + F, dtype)
     Z = _crandn(rng, (B, C) + F, dtype)
     alpha = rng.uniform(0.2, 1.5, B).astype(dtype)
-    want = sherman_morrison(np, D, Y, Z, alpha.reshape(B, 1, 1))
+    want = ArrayOps(numpy_backend()).sherman_morrison(D, Y, Z, alpha.reshape(B, 1, 1))
     for grid in grids_1d(B * nf):
         got = np.full_like(Z, np.nan)
         launch("sherman_morrison", dtype, grid, (D, Y, Z, alpha, got, I64(B * nf), I64(C), I64(nf)))
@@ -484,8 +488,8 @@ def test_pad_fold_under_address_sanitizer(tmp_path, rng, boundary):
         ext = tuple(p.n_ext for p in plans)
         assert nd == len(plans)
         np.testing.assert_array_equal(out[j + 1][(Ellipsis,) + tuple(slice(0, e) for e in ext)],
-                                      pad(np, x, plans, boundary))
-        assert_close(out[j + 2], fold(np, np.ascontiguousarray(
+                                      ARRAY_OPS.pad(x, plans, boundary))
+        assert_close(out[j + 2], ARRAY_OPS.fold(np.ascontiguousarray(
             out[j + 1][(Ellipsis,) + tuple(slice(0, e) for e in ext)]), plans, boundary), np.float64)
 
 
@@ -529,7 +533,7 @@ def test_spectral_multichannel_cg_under_address_sanitizer(tmp_path, rng):
     out, _ = module("multichannel", np.float64).run_sanitized("address", mbufs, [
         ("gd_sherman_morrison_f64", (2,), BLOCK,
          (m[0], m[1], m[2], m[3], m[4], I64(B * nf), I64(C), I64(nf)))])
-    want = sherman_morrison(np, D, Y, Z, alpha.reshape(B, 1, 1))
+    want = ArrayOps(numpy_backend()).sherman_morrison(D, Y, Z, alpha.reshape(B, 1, 1))
     assert_close(out[4].view(np.float64), want.view(np.float64), np.float64, factor=10)
     cbufs, launches = _reduction_launches(np.float64, 3, 300, 2, 2)
     out, _ = module("cg", np.float64).run_sanitized("address", cbufs, launches)

@@ -157,10 +157,10 @@ def test_launchers_with_grids_smaller_than_the_work(rng, monkeypatch, sim, rever
     # Caps far below the work: every grid-stride loop, image loop and partial fold runs.
     cp, st = sim
     st.CONFIG["reverse_blocks"] = reverse
-    monkeypatch.setattr(_cuda, "MAX_BLOCKS", 3)
-    monkeypatch.setattr(_cuda, "MAX_GRID_Y", 2)
-    monkeypatch.setattr(_cuda, "REDUCE_BLOCKS", 4)
-    monkeypatch.setattr(_cuda, "MAX_PARTIALS", 2)
+    monkeypatch.setattr(_cuda.launch, "MAX_BLOCKS", 3)
+    monkeypatch.setattr(_cuda.launch, "MAX_GRID_Y", 2)
+    monkeypatch.setattr(_cuda.launch, "REDUCE_BLOCKS", 4)
+    monkeypatch.setattr(_cuda.launch, "MAX_PARTIALS", 2)
     before = st.STATS.launches.copy()
     x = rng.standard_normal((5, 23, 18))
     h = rng.uniform(0.2, 1.0, (4, 5))

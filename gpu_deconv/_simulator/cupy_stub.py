@@ -4,7 +4,7 @@ Built by :func:`gpu_deconv._simulator.install` as the modules ``cupy``,
 ``cupy.cuda`` (``runtime``, ``memory``, ``cufft``), ``cupy.fft`` (``config``),
 ``cupyx``, ``cupyx.scipy.fft`` and ``cupyx.scipy.sparse``. It is a
 simulator: it runs the package's real GPU code path (the launchers of
-``_cuda.py`` and the CUDA kernels, through the grid executor) on the CPU to
+``gpu_deconv._cuda`` and the CUDA kernels, through the grid executor) on the CPU to
 prove the logic; it measures nothing about a GPU.
 
 What it keeps of CuPy's behaviour, so that bugs show up as they would on a device:

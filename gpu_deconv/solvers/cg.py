@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import _cuda
 from .._backend import get_backend, is_cupy_array
 from .._typing import Array, ArrayLike
 from .._validation import all_finite, as_float_array, check_positive, finite_result, quiet_fp
@@ -106,68 +105,17 @@ def pow2_scale(xp, a, nd):
     return xp.ldexp(xp.ones(amax.shape, dtype=amax.dtype), xp.clip(-e, -lim, lim))  # real, also for complex a
 
 
-def _re_vdot(xp, u, v, axes):
-    """``Re sum conj(u) v`` over `axes` (the trailing ones), per system."""
-    if u.dtype == v.dtype and u.flags.c_contiguous and v.flags.c_contiguous:
-        rdt = u.real.dtype
-        # A C-contiguous complex array viewed as real pairs: its last axis doubles.
-        return (u.view(rdt) * v.view(rdt)).sum(axis=axes)
-    return (u.real * v.real + u.imag * v.imag).sum(axis=axes)
-
-
-class ArrayCGOps:
-    """The vector passes of :func:`batched_cg_fused` as array expressions (NumPy; CuPy without kernels).
-
-    Per-image scalars stay in the working precision (``astype(dtype)`` of the
-    step sizes), so float32 data is iterated in float32 throughout. Complex
-    data (Hermitian positive-definite systems) take ``Re <u, v>`` (real step
-    sizes: ``r^H z`` and ``p^H A p`` are real for Hermitian A and M), from the
-    arrays viewed as interleaved real pairs.
-    """
-
-    def __init__(self, xp, nd):
-        self.xp = xp
-        self.axes = tuple(range(-nd, 0))
-        self.expand = (Ellipsis,) + (None,) * nd
-
-    def dot(self, u, v, out=None):
-        if u.dtype.kind == "c" or v.dtype.kind == "c":
-            d = _re_vdot(self.xp, u, v, self.axes)
-            if out is None:
-                return self.xp.asarray(d)
-            out[...] = d
-            return out
-        d = (u * v).sum(axis=self.axes)
-        if out is None:
-            return self.xp.asarray(d)  # a single system sums to a NumPy scalar; the loop writes into it
-        out[...] = d
-        return out
-
-    def update_xr(self, x, r, p, q, a, out=None):
-        a = a.astype(x.real.dtype)[self.expand]
-        x += a * p
-        r -= a * q
-        return self.dot(r, r, out)
-
-    def update_p(self, p, z, beta):
-        p *= beta.astype(p.real.dtype)[self.expand]
-        p += z
-        return p
-
-
 def batched_cg(bk, A, b, nd, *, x0=None, rtol=1e-6, maxiter=DEFAULT_MAXITER, M=None,
                callback=None, keep_history=False, overwrite_b=False):
     """Core loop. `A`, `M` map arrays of b's shape to that shape; systems are the trailing `nd` axes.
 
-    The vector passes are the GPU's fused kernels when they are enabled, array
-    expressions otherwise; the iteration itself is :func:`batched_cg_fused`.
+    The vector passes are the device seam's (``bk.ops.cg_ops``: the GPU's fused
+    kernels when they are enabled, array expressions otherwise); the iteration
+    itself is :func:`batched_cg_fused`.
     ``overwrite_b=True`` lets it scale a C-contiguous `b` in place (one image-sized
     array less at the peak); `b` is then garbage.
     """
-    if _cuda.enabled(bk) and b.dtype.kind != "c":  # the fused CG kernels are real-only
-        ops = _cuda.CGKernels(b.shape[:b.ndim - nd], b.shape[b.ndim - nd:], b.dtype)
-    else:
-        ops = ArrayCGOps(bk.xp, nd)
+    ops = bk.ops.cg_ops(b.shape[:b.ndim - nd], b.shape[b.ndim - nd:], b.dtype)
     return batched_cg_fused(bk, A, b, nd, ops, x0=x0, rtol=rtol, maxiter=maxiter, M=M,
                             callback=callback, keep_history=keep_history, overwrite_b=overwrite_b)
 
@@ -176,7 +124,7 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
                      callback=None, keep_history=False, overwrite_b=False):
     """The batched (P)CG iteration, with its passes over the vectors done by `ops`.
 
-    `ops` (:class:`ArrayCGOps`; :class:`gpu_deconv._cuda.CGKernels` on the
+    `ops` (:class:`gpu_deconv._ops.ArrayCGOps`; :class:`gpu_deconv._cuda.CGKernels` on the
     GPU; the CPU harness of the tests provides one that runs the kernels'
     per-element code on the host) offers:
 

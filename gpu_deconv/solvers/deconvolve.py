@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from .. import _cache, _cuda, _memory
+from .. import _cache, _memory
 from .._backend import get_backend, is_cupy_array
 from .._spectra import abs2, kernel_power, weighted_power
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
@@ -575,7 +575,7 @@ def _solve_closed(prob, method):
     if method == "fft_approx":
         return cf.fourier_division(bk, prob.y, prob.h, prob.reg_terms(), prob.lam, prob.alpha, prob.z,
                                    prob.mode, prob.convention, prob.n, nd, wdt)
-    if method == "fft" and _cuda.enabled(bk) and wdt.kind != "c":  # the CUDA solve is real-only
+    if method == "fft" and bk.ops.fused_spectral_solve and wdt.kind != "c":  # the CUDA solve is real-only
         return _solve_fft_fused(prob)
 
     def build():
@@ -606,7 +606,7 @@ def _solve_closed(prob, method):
 
 
 def _solve_fft_fused(prob):
-    """The circular closed form with the custom CUDA kernels (CuPy only).
+    """The circular closed form as one fused pass (the CUDA ops' ``spectral_solve``).
 
     ``(conj(H) Y + alpha Z) / (|H|^2 + lam R + alpha)`` in one pass over the
     spectrum, from the operator's spectrum H and the regularizer power R
@@ -622,9 +622,9 @@ def _solve_fft_fused(prob):
     alpha = bk.xp.asarray(prob.alpha.astype(wdt))
 
     def extrema():
-        dmin, dmax = _cuda.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
+        dmin, dmax = bk.ops.spectral_extrema(H, R, lam, alpha, (prob.B,), ndim=nd)
         # Judged against the data term's scale max |H|^2 (as on the CPU), not the whole denominator's.
-        _, hmax = _cuda.spectral_extrema(H, None, 0 * lam, 0 * alpha, (prob.B,), ndim=nd)
+        _, hmax = bk.ops.spectral_extrema(H, None, 0 * lam, 0 * alpha, (prob.B,), ndim=nd)
         return bk.asnumpy(dmin), cf.singularity_scale(bk.asnumpy(dmax), bk.asnumpy(hmax))
 
     # Cached like the spectra (same kernel, regularizers, lam, alpha, dtype: same denominator), so
@@ -636,7 +636,7 @@ def _solve_fft_fused(prob):
     cf.check_extrema(dmin, scale, np.finfo(wdt).eps, lam_c, alpha_c)
     Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
     Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
-    Y = _cuda.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
+    Y = bk.ops.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
     return bk.irfftn(Y, n, overwrite_x=True)  # Y is a temporary: no copy of it for cuFFT's C2R
 
 

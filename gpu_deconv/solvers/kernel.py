@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_backend, ldexp
-from .._padding import pad
 from .._spectra import abs2
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from .._validation import as_float_array, broadcast_batch, check_shape, finite_result, quiet_fp, work_dtype
@@ -168,7 +167,7 @@ def _solve_kernel(bk, x, y, op, kernel_shape, lam, batch, lam_user=None):
     x = xp.broadcast_to(x, batch + op.spatial_in_shape)
     y = xp.broadcast_to(y, batch + op.spatial_out_shape)
     grid = op.grid_shape
-    xe = pad(xp, x, op._plans, op.boundary)
+    xe = bk.ops.pad(x, op._plans, op.boundary)
     cplx = x.dtype.kind == "c"
     XE = bk.fft_any(xe, grid)
     offsets = _tap_offsets(op)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _cuda
 from .._backend import get_backend
 from .._padding import same_offset
-from .._spectra import abs2, kernel_spectrum
+from .._spectra import kernel_spectrum
 from .._typing import Array, ArrayLike, Convention, DTypeLike, PerImage
 from .._validation import (
     CONVENTIONS,
@@ -33,29 +32,6 @@ from .._validation import (
 from .deconvolve import per_image
 
 __all__ = ["solve_multichannel"]
-
-
-def sherman_morrison(xp, D, Y, Z, alpha):
-    """Per-frequency solve; D (C, *f), Y (..., *f), Z (..., C, *f), alpha broadcastable to Y.
-
-    ``vtb = sum_c D_c b_c`` and ``den = alpha + sum_c |D_c|^2`` are the only
-    reductions over channels; everything else is elementwise.
-    """
-    if _cuda.enabled(xp) and _cuda.sherman_morrison_supported(D, Y, Z, alpha):
-        # One pass per frequency on the GPU, with no (..., C, *f) temporaries.
-        return _cuda.sherman_morrison(D, Y, Z, alpha)
-    ax = -D.ndim  # the channel axis of b and Z
-
-    def chan(a):
-        return xp.expand_dims(a, ax)
-
-    b = xp.conj(D) * chan(Y)
-    b += chan(alpha) * Z
-    vtb = (D * b).sum(axis=ax)
-    den = alpha + abs2(D).sum(axis=0)
-    b -= xp.conj(D) * chan(vtb / den)
-    b /= chan(alpha)
-    return b
 
 
 def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike, *,
@@ -139,6 +115,6 @@ def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike
         Y = xp.broadcast_to(Y, tuple(batch) + Y.shape[Y.ndim - nd:])
         Z = bk.fft_any(z, S)
         a_b = xp.asarray(a.astype(rdt)).reshape(a.shape + (1,) * nd)
-        X = sherman_morrison(xp, D, Y, Z, a_b)
+        X = bk.ops.sherman_morrison(D, Y, Z, a_b)
         x = bk.ifft_any(X, S, cplx).astype(wdt, copy=False)
     return finite_result(bk, x, "the solution", ("y", "d", "z", "alpha"))

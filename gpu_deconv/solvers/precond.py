@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _cache, _cuda
+from .. import _cache
 from .._padding import source_index
 from .._spectra import kernel_power, weighted_power
 from .closed_form import image_scalars
@@ -55,35 +55,13 @@ def circulant_part(bk, prob, dtype):
     grid-sized arrays are alive at a time: the weighted copy of r is dropped
     once transformed, and the inverse transform may overwrite the spectrum.
     """
-    xp, nd = bk.xp, prob.ndim
+    nd = prob.ndim
     grid = tuple(_fast(prob, a) for a in range(nd))
     Dinv = _cached(bk, prob, dtype, "circulant", lambda: _circulant_inverse(bk, prob, dtype, grid))
-    window = (Ellipsis,) + tuple(slice(0, n) for n in prob.n)
+    ops = bk.ops
 
     def apply(r, T=None):
-        if _cuda.enabled(bk) and _cuda.supports_ndim(nd):
-            # One pass each for the zero-fill into the grid, the product and the crop.
-            R_ = xp.ascontiguousarray(bk.rfftn(_cuda.embed(r if T is None else r * T, grid), grid))
-            _cuda.precondition_apply(R_, Dinv=Dinv, ndim=nd)
-            out = _cuda.crop(bk.irfftn(R_, grid, overwrite_x=True), prob.n)
-        else:
-            # Zero-filled into the grid here: rfftn's own zero-fill would be one more copy.
-            rg = xp.zeros(r.shape[:r.ndim - nd] + grid, dtype=r.dtype)
-            if T is None:
-                rg[window] = r
-            else:
-                xp.multiply(r, T, out=rg[window])
-            R_ = bk.rfftn(rg, grid)
-            del rg
-            R_ *= Dinv
-            v = bk.irfftn(R_, grid, overwrite_x=True)
-            del R_
-            if T is not None:
-                return xp.multiply(v[window], T)  # the crop and the weight in one pass
-            out = xp.ascontiguousarray(v[window])
-        if T is not None:
-            out *= T
-        return out
+        return ops.circulant_apply(r, T, Dinv, grid, prob.n)
 
     return apply
 

@@ -1,4 +1,4 @@
-"""The CUDA sources of ``kernels/``: where they are, and their compiled modules.
+"""The CUDA sources of ``kernels/``: where they are, their compiled modules, and the per-device memo.
 
 Nothing is compiled at import, and cupy is not imported here at all until a
 kernel is first asked for (through :mod:`gpu_deconv._backend`, the only module
@@ -14,22 +14,21 @@ in a plain ``PYTHONPATH=.`` checkout they are found next to the package.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MODULES", "source_dir", "compile_options", "get_function", "dtype_suffix"]
+__all__ = ["MODULES", "source_dir", "compile_options", "get_module", "get_function", "dtype_suffix",
+           "per_device", "clear"]
 
 #: The .cu files of kernels/ (without extension), one RawModule each.
 MODULES = ("pad_extract", "spectral", "multichannel", "cg")
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
-_LOCK = threading.Lock()
-_MODULES: dict = {}
-_FUNCTIONS: dict = {}
 _SOURCE_DIR: Path | None = None
 _SOURCE_HASH: str | None = None
 
@@ -66,7 +65,7 @@ def source_dir() -> Path:
     except (ImportError, TypeError, ValueError, AttributeError, NotImplementedError):
         # Not installed as a package (plain checkout on PYTHONPATH): look beside it.
         pass
-    cand = Path(__file__).resolve().parent.parent / "kernels"
+    cand = Path(__file__).resolve().parents[2] / "kernels"
     tried.append(str(cand))
     if _has_sources(cand):
         _SOURCE_DIR = cand
@@ -114,57 +113,81 @@ def compile_options(dtype) -> tuple:
     )
 
 
-def _cupy():
-    from ._backend import _backend
+def cupy_module():
+    """cupy, imported lazily through :mod:`gpu_deconv._backend`."""
+    from .._backend import _backend
 
     return _backend("cupy").xp
 
 
+_MEMOS: list = []
+
+
+def _static(a):
+    return np.dtype(a).str if isinstance(a, (np.dtype, type)) else a
+
+
+def per_device(build):
+    """Memoize ``build(*static)`` per CUDA device: built once per (current device id, arguments).
+
+    The one memo of the CUDA layer (compiled modules, kernel handles, stand-in
+    operands). Thread-safe: two threads never build the same entry twice (the
+    build runs under the memo's lock, so a compile error surfaces in the
+    caller and nobody repeats the work). Dtype arguments are keyed by their
+    ``str``. The table is ``wrapper.cache``; :func:`clear` empties every memo.
+    """
+    cache: dict = {}
+    lock = threading.Lock()
+
+    @functools.wraps(build)
+    def wrapper(*args):
+        key = (int(cupy_module().cuda.Device().id),) + tuple(_static(a) for a in args)
+        v = cache.get(key)
+        if v is None:
+            with lock:
+                v = cache.get(key)
+                if v is None:
+                    v = cache[key] = build(*args)
+        return v
+
+    wrapper.cache = cache
+    _MEMOS.append(cache)
+    return wrapper
+
+
+@per_device
 def get_module(module: str, dtype):
     """The ``cupy.RawModule`` of ``kernels/<module>.cu`` for one precision on the current device.
 
-    Compiled on first use (thread-safe: two threads never compile the same
-    module twice) and memoized per (device id, module, precision).
+    Compiled on first use and memoized per (device id, module, precision).
     """
     if module not in MODULES:
         raise ValueError(f"module must be one of {', '.join(MODULES)}; got {module!r}")
-    cp = _cupy()
     dt = np.dtype(dtype)
     dtype_suffix(dt)
-    key = (int(cp.cuda.Device().id), module, dt.str)
-    mod = _MODULES.get(key)
-    if mod is not None:
-        return mod
-    with _LOCK:
-        mod = _MODULES.get(key)
-        if mod is None:
-            code = (source_dir() / f"{module}.cu").read_text()
-            mod = cp.RawModule(code=code, options=compile_options(dt))
-            # RawModule compiles lazily; compile now, under the lock, so that a
-            # compile error surfaces here and no other thread repeats the work.
-            mod.compile()
-            _MODULES[key] = mod
+    code = (source_dir() / f"{module}.cu").read_text()
+    mod = cupy_module().RawModule(code=code, options=compile_options(dt))
+    # RawModule compiles lazily; compile now (under the memo's lock), so that a
+    # compile error surfaces here and no other thread repeats the work.
+    mod.compile()
     return mod
 
 
+@per_device
 def get_function(module: str, name: str, dtype):
     """Kernel `name` of `module` (compiled for `dtype`), as a ``cupy.RawKernel``.
 
     Memoized like the modules: ``RawModule.get_function`` builds a new
     ``RawKernel`` object on every call, too slow for a loop of launches.
     """
-    cp = _cupy()
-    key = (int(cp.cuda.Device().id), module, np.dtype(dtype).str, name)
-    fn = _FUNCTIONS.get(key)
-    if fn is None:
-        fn = get_module(module, dtype).get_function(name)
-        with _LOCK:
-            fn = _FUNCTIONS.setdefault(key, fn)
-    return fn
+    return get_module(module, dtype).get_function(name)
+
+
+#: The compiled modules, keyed (device id, module, dtype str).
+_MODULES = get_module.cache
 
 
 def clear():
-    """Forget the compiled modules (they are rebuilt, from cupy's cache, on next use)."""
-    with _LOCK:
-        _MODULES.clear()
-        _FUNCTIONS.clear()
+    """Forget the compiled modules and kernel handles (rebuilt, from cupy's cache, on next use)."""
+    for memo in _MEMOS:
+        memo.clear()

@@ -1,0 +1,102 @@
+"""Launchers of ``kernels/cg.cu``: the fused vector passes and per-image dot products of the batched CG."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import launch as launch_mod
+from .launch import (
+    BLOCK,
+    grid_1d,
+    launch,
+    reduction_layout,
+)
+from .modules import cupy_module, dtype_suffix
+
+
+class CGKernels:
+    """The fused passes of :func:`gpu_deconv.solvers.cg.batched_cg` on the GPU.
+
+    Works on arrays of shape ``batch + n`` (C-contiguous), one system per
+    image; per-image scalars are float64 arrays of shape `batch`. The
+    partial sums of the reductions live in one buffer allocated here, once
+    per solve, so the iteration loop allocates nothing for them.
+
+    Parameters
+    ----------
+    batch : tuple of int
+        Batch shape of the systems.
+    n : tuple of int
+        Shape of one system.
+    dtype : float32 or float64
+        Working precision of the vectors.
+    """
+
+    def __init__(self, batch, n, dtype):
+        cp = cupy_module()
+        self._cp = cp
+        self.batch = tuple(int(b) for b in batch)
+        self.B = math.prod(self.batch)
+        self.N = math.prod(int(s) for s in n)
+        self.dtype = np.dtype(dtype)
+        dtype_suffix(self.dtype)
+        self.nblk, self.grid = reduction_layout(self.N, self.B)
+        self.partial = cp.empty(max(self.B, 1) * self.nblk, dtype=np.float64)
+        self._finish_grid = (max(1, min(self.B, launch_mod.MAX_BLOCKS)),)
+
+    def _flat(self, name, a):
+        if tuple(a.shape[:len(self.batch)]) != self.batch or a.size != self.B * self.N:
+            raise ValueError(f"{name} must have shape {self.batch} + the system's shape "
+                             f"({self.N} values per image); got {tuple(a.shape)}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        return a.reshape(self.B, self.N)
+
+    def _scalars(self, name, v):
+        a = self._cp.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+        if a.size != self.B:
+            raise ValueError(f"{name} must hold one value per image ({self.B}); got {a.size}")
+        return a
+
+    def _out(self, out):
+        if out is None:
+            out = self._cp.empty(self.batch, dtype=np.float64)
+        elif tuple(out.shape) != self.batch or out.dtype != np.float64 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float64 array of shape {self.batch}")
+        return out
+
+    def _finish(self, out):
+        if self.B:
+            launch("sum_partials", self.dtype, self._finish_grid, (BLOCK,),
+                    (self.partial, out.reshape(self.B), self.nblk, self.B))
+        return out
+
+    def dot(self, u, v, out=None):
+        """Per-image ``sum(u * v)`` over the system axes, accumulated in float64."""
+        uf, vf = self._flat("u", u), self._flat("v", v)
+        out = self._out(out)
+        if self.B:
+            launch("dot_partial", self.dtype, self.grid, (BLOCK,),
+                    (uf, vf, self.partial, self.N, self.B, self.nblk))
+        return self._finish(out)
+
+    def update_xr(self, x, r, p, q, a, out=None):
+        """``x += a p``, ``r -= a q`` (a per image) in one pass; returns the new ``r . r`` per image."""
+        xf, rf, pf, qf = (self._flat(k, v) for k, v in (("x", x), ("r", r), ("p", p), ("q", q)))
+        af = self._scalars("a", a)
+        out = self._out(out)
+        if self.B:
+            launch("cg_update_xr", self.dtype, self.grid, (BLOCK,),
+                    (xf, rf, pf, qf, af, self.partial, self.N, self.B, self.nblk))
+        return self._finish(out)
+
+    def update_p(self, p, z, beta):
+        """``p = z + beta p`` in place (beta per image); z may be r."""
+        pf, zf = self._flat("p", p), self._flat("z", z)
+        bf = self._scalars("beta", beta)
+        total = self.B * self.N
+        if total:
+            launch("cg_update_p", self.dtype, grid_1d(total), (BLOCK,), (pf, zf, bf, total, self.N))
+        return p
