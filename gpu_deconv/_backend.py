@@ -307,27 +307,23 @@ def numpy_backend() -> Backend:
     return _backend("numpy")
 
 
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def cupy_status():
     """``(cupy module, "")`` when CuPy and a CUDA device are usable, else ``(None, why not)``.
 
     The one place outside :class:`Backend` that imports cupy (for the CLI's
     ``info``/``--device`` and the demo's device choice).
     """
+    from ._validation import one_line
     try:
         import cupy
     except ImportError:
         return None, "cupy is not installed (pip install 'gpu_deconv[cuda12]' or 'gpu_deconv[cuda13]')"
     except Exception as exc:  # a broken CUDA install can fail at import with anything
-        return None, f"cupy fails to import ({type(exc).__name__}: {_first_line(exc)})"
+        return None, f"cupy fails to import ({type(exc).__name__}: {one_line(exc)})"
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
-        return None, f"cupy {cupy.__version__} is installed but CUDA is not usable ({_first_line(exc)})"
+        return None, f"cupy {cupy.__version__} is installed but CUDA is not usable ({one_line(exc)})"
     if n < 1:
         return None, f"cupy {cupy.__version__} is installed but no CUDA device is present"
     return cupy, ""

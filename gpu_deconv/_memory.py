@@ -19,15 +19,13 @@ the same answers as one call on the whole batch.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import traceback
 
 import numpy as np
 
-__all__ = ["SAFETY", "check_batch_size", "per_image_bytes", "auto_chunk", "run_chunks",
-           "solve_in_chunks", "oom_errors", "is_out_of_memory"]
+__all__ = ["SAFETY", "check_batch_size", "per_image_bytes", "auto_chunk", "run_chunks"]
 
 #: Fraction of the free device memory that "auto" plans to use (the estimate
 #: leaves out cuFFT plans, CuPy's pool fragmentation and the caches).
@@ -101,7 +99,7 @@ def per_image_bytes(prob, method, precondition="band"):
 
     Parameters
     ----------
-    prob : gpu_deconv.solvers.deconvolve._Problem
+    prob : gpu_deconv.solvers.problem.Problem
     method : {"fft", "fft_approx", "dct", "cg"}
     precondition : {"band", "circulant", False}
     """
@@ -216,110 +214,3 @@ def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None, retry_if=None):
         out.append((start, stop, res))
         start = stop
     return out
-
-
-def oom_errors(bk) -> tuple:
-    """The exception types that may mean "out of device memory" for `bk` (none on the CPU)."""
-    return bk.ops.oom_errors()
-
-
-def is_out_of_memory(exc) -> bool:
-    """Whether an exception of :func:`oom_errors` is a lack of memory (see ``ArrayOps.is_out_of_memory``)."""
-    from ._ops import ArrayOps
-
-    return ArrayOps.is_out_of_memory(exc)
-
-
-def subproblem(prob, start, stop):
-    """Images ``start:stop`` of a flat-batch problem, sharing everything else.
-
-    The problem-wide switches (whether a regularizer or the proximal term is
-    present) stay those of the whole batch, so a chunk computes exactly what
-    the whole-batch call computes for its images.
-    """
-    from .operators import ConvolutionOperator
-
-    sub = copy.copy(prob)
-    sub.B = stop - start
-    sub.batch = (sub.B,)
-    sub.y = prob.y[start:stop]
-    sub.z = None if prob.z is None else prob.z[start:stop]
-    sub.x0 = None if prob.x0 is None else prob.x0[start:stop]
-    sub.lam = prob.lam[start:stop]
-    sub.alpha = prob.alpha[start:stop]
-    if prob.lam_precond is not None:
-        sub.lam_precond = prob.lam_precond[start:stop]
-    if prob.A.kernel_batch:
-        sub.h = prob.h[start:stop]
-        sub.A = ConvolutionOperator(sub.h, prob.n, prob.mode, boundary=prob.boundary,
-                                    convention=prob.convention, ndim=prob.ndim)
-    return sub
-
-
-def _cat(infos, name, shape):
-    parts = [getattr(i, name) for i in infos]
-    if any(p is None for p in parts):
-        return None
-    return np.concatenate([np.asarray(p).reshape(-1) for p in parts]).reshape(shape)
-
-
-def merge_info(infos, shape):
-    """One SolveInfo for the whole batch from the chunks' (None if they are None).
-
-    A chunk whose images all stopped early has a shorter history; its last
-    entry is repeated, which is what the whole-batch history holds for images
-    that have stopped (their residual no longer changes). History entries
-    stay flat (one value per image of the flat batch), as batched_cg makes them.
-    """
-    from .solvers.cg import SolveInfo
-
-    if infos[0] is None:
-        return None
-    first = infos[0]
-    hist = []
-    steps = max(len(i.history) for i in infos)
-    if steps and all(i.history for i in infos):
-        for k in range(steps):
-            hist.append(np.concatenate([np.asarray(i.history[min(k, len(i.history) - 1)]).reshape(-1)
-                                        for i in infos]))
-    return SolveInfo(first.method, _cat(infos, "iterations", shape), _cat(infos, "residual", shape),
-                     _cat(infos, "converged", shape), _cat(infos, "breakdown", shape),
-                     _cat(infos, "stagnated", shape), rtol=first.rtol,
-                     preconditioned=first.preconditioned, history=hist)
-
-
-def solve_in_chunks(prob, method, batch_size, solve, *, precondition="band", retry_on=None):
-    """Run ``solve(problem) -> (x, info)`` over the batch of `prob` in chunks that fit.
-
-    `x` of each chunk has a leading axis of its images; the result is
-    ``(x of shape (B, *n), info of batch shape prob.batch)``. With a single
-    chunk covering the batch, `solve` sees `prob` itself and its answer is
-    returned as it is (the NumPy default path is untouched). `retry_on`: the
-    exception types that make a chunk be retried in halves (default
-    :func:`oom_errors`: cupy's OutOfMemoryError on the GPU, nothing on the CPU).
-    """
-    bk = prob.bk
-    B = prob.B
-    batch_size = check_batch_size(batch_size)
-    if batch_size is None:
-        batch_size = "auto" if bk.is_gpu else B
-    chunk = auto_chunk(prob, method, precondition) if batch_size == "auto" else min(batch_size, B)
-    xp = bk.xp
-    out = {}
-
-    def run(start, stop):
-        if start == 0 and stop == B:
-            return solve(prob)
-        x_c, info_c = solve(subproblem(prob, start, stop))
-        if "x" not in out:
-            out["x"] = xp.empty((B,) + tuple(prob.n), dtype=x_c.dtype)
-        out["x"][start:stop] = x_c.reshape((stop - start,) + tuple(prob.n))
-        return None, info_c
-
-    errors = oom_errors(bk) if retry_on is None else tuple(retry_on)
-    parts = run_chunks(run, B, chunk, retry_on=errors, on_retry=lambda exc, size: bk.ops.release_memory(),
-                       retry_if=bk.ops.is_out_of_memory)
-    if len(parts) == 1 and parts[0][1] - parts[0][0] == B:
-        return parts[0][2]
-    info = merge_info([r[1] for _, _, r in parts], tuple(prob.batch))
-    return out["x"], info

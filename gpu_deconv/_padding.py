@@ -75,12 +75,35 @@ def same_offset(k: int, convention: str) -> int:
     return (k - 1) // 2 if convention == "scipy" else k // 2
 
 
-def output_length(n: int, k: int, mode: str, convention: str) -> int:
+def output_length(n: int, k: int, mode: str) -> int:
+    """Length of the `mode` convolution of n samples with k taps (MATLAB: empty valid when k > n)."""
     if mode == "full":
         return n + k - 1
     if mode in ("same", "circular"):
         return n
     return max(n - k + 1, 0)  # valid; MATLAB gives empty when k > n
+
+
+def input_shape(mode: str, m, k) -> tuple:
+    """Spatial shape of the unknown x whose `mode` convolution with a kernel of shape `k` has shape `m`.
+
+    The inverse of :func:`output_length` per axis: ``m`` (same, circular),
+    ``m + k - 1`` (valid), ``m - k + 1`` (full, which needs ``m >= k``).
+    """
+    if mode in ("same", "circular"):
+        return tuple(m)
+    if mode == "valid":
+        return tuple(a + b - 1 for a, b in zip(m, k))
+    n = tuple(a - b + 1 for a, b in zip(m, k))
+    if any(v < 1 for v in n):
+        raise ValueError(f"mode='full' needs y at least as large as the kernel in every axis "
+                         f"(x has y.shape - k + 1 samples); y spatial shape {tuple(m)}, kernel {tuple(k)}")
+    return n
+
+
+def output_shape(in_shape, kernel_shape, mode: str) -> tuple:
+    """Spatial output shape of `mode` for an input of `in_shape` and a kernel of `kernel_shape`."""
+    return tuple(output_length(n, k, mode) for n, k in zip(in_shape, kernel_shape))
 
 
 def plan_axis(n, k, mode, boundary, convention, next_fast_len, *, exact_grid=False) -> AxisPlan:
@@ -92,7 +115,7 @@ def plan_axis(n, k, mode, boundary, convention, next_fast_len, *, exact_grid=Fal
     if mode == "circular":
         # Period n exactly; the kernel wraps mod n if it is longer than n.
         return AxisPlan(n, k, n, 0, 0, n, same_offset(k, convention))
-    m = output_length(n, k, mode, convention)
+    m = output_length(n, k, mode)
     j0 = {"full": 0, "same": same_offset(k, convention), "valid": k - 1}[mode]
     if boundary == "zero":
         need = max(n + k - 1 - j0, j0 + m, 1)

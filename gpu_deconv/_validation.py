@@ -12,10 +12,13 @@ import operator
 import numpy as np
 
 from ._backend import is_cupy_array
+from ._typing import BOUNDARIES, CONVENTIONS, MODES
 
-MODES = ("full", "same", "valid", "circular")
-BOUNDARIES = ("zero", "periodic", "symmetric", "reflect", "replicate")
-CONVENTIONS = ("scipy", "matlab")
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed; its type if empty), <= `limit` chars."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg if len(msg) <= limit else msg[:limit - 3] + "..."
 
 
 def check_choice(name, value, choices):
@@ -269,3 +272,44 @@ def broadcast_batch(name_a, shape_a, name_b, shape_b):
         raise ValueError(
             f"batch axes of {name_a} {tuple(shape_a)} and {name_b} {tuple(shape_b)} do not broadcast"
         ) from None
+
+
+def per_image(name, v, batch, *, dtype=None):
+    """A scalar or one value per image -> float64 array of shape `batch` (host).
+
+    With `dtype`, values beyond that floating type's range are refused: they
+    would turn into inf in the first product of the working precision.
+    """
+    if isinstance(v, bool) or v is None:
+        raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r}")
+    if is_cupy_array(v):
+        v = v.get()
+    if isinstance(v, np.ma.MaskedArray):
+        plain_ndarray(name, v)  # raises: the mask would be dropped
+    try:
+        # Only real numbers: np.asarray(v, float) would parse "1e-3" and drop 1j's imaginary part.
+        # Any numbers.Real (fractions.Fraction, ...) is a real number too, alone or in a list.
+        if isinstance(v, numbers.Real):
+            v = float(v)
+        elif isinstance(v, (list, tuple)) and v and all(
+                isinstance(e, numbers.Real) and not isinstance(e, bool) for e in v):
+            v = [float(e) for e in v]
+        if np.asarray(v).dtype.kind not in "biuf":
+            raise TypeError
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r:.60}") from None
+    if a.ndim and not isinstance(v, (numbers.Number, np.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a number or an array of numbers; got {type(v).__name__}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite; got {v!r:.60}")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be non-negative; got {v!r:.60}")
+    if dtype is not None and a.size and float(a.max()) > float(np.finfo(dtype).max):
+        raise ValueError(f"{name} is beyond the range of the working dtype {np.dtype(dtype)}; "
+                         f"got {float(a.max()):.3g}")
+    try:
+        return np.broadcast_to(a, batch).copy()
+    except ValueError:
+        raise ValueError(f"{name} must be a scalar or one value per image (batch shape {tuple(batch)}); "
+                         f"got shape {a.shape}") from None

@@ -27,13 +27,10 @@ import numpy as np
 
 from . import io
 from ._backend import cupy_status, get_backend, get_workers
-from ._validation import all_finite, check_dtype_arg, float_dtype
+from ._typing import BOUNDARIES, CONVENTIONS, METHODS, MODES
+from ._validation import all_finite, check_dtype_arg, float_dtype, one_line
 
 PROG = "gpu-deconv"
-MODES = ("same", "valid", "full", "circular")
-BOUNDARIES = ("zero", "periodic", "symmetric", "reflect", "replicate")
-CONVENTIONS = ("scipy", "matlab")
-METHODS = ("auto", "fft", "dct", "cg", "fft_approx")
 REGS = ("laplacian", "gradient", "identity")
 FORMAT_CHOICES = ("keep", "tiff", "png", "jpeg", "npy")
 OUT_DTYPES = ("auto", "float32", "float64", "uint8", "uint16")
@@ -51,11 +48,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line instead of argparse's usage block: the usage is one --help away.
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _one_line(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())
-    return msg or type(exc).__name__
 
 
 # ----------------------------------------------------------- argument types
@@ -220,7 +212,7 @@ def _plan_outputs(args: argparse.Namespace, files: list[Path], batch: bool, suff
                 outdir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UsageError(f"-o/--output {out!r}: cannot create the directory "
-                                 f"({_one_line(exc)})") from None
+                                 f"({one_line(exc)})") from None
         for f in files:
             try:
                 in_fmt = io.format_of(f)
@@ -459,7 +451,7 @@ def _flush(args, pending: list[_Job], transform: _Transform, rep: _Reporter, sta
                 _flush(args, [j], transform, rep, stats, bs)
             return
         j = pending[0]
-        _fail(rep, stats, j, f"{j.src}: {transform.name} failed ({type(exc).__name__}: {_one_line(exc)})")
+        _fail(rep, stats, j, f"{j.src}: {transform.name} failed ({type(exc).__name__}: {one_line(exc)})")
         return
     conv = np.ones(len(flat), bool)
     resid = np.zeros(len(flat))
@@ -491,7 +483,7 @@ def _flush(args, pending: list[_Job], transform: _Transform, rep: _Reporter, sta
             io.write_image(j.dst, io.to_dtype(res, j.out_dtype), force=args.force, format=j.fmt,
                            colour=bool(j.image is not None and j.image.colour))
         except Exception as exc:  # one file that cannot be written must not stop the batch
-            _fail(rep, stats, j, f"{j.src}: cannot write {j.dst} ({_one_line(exc)})")
+            _fail(rep, stats, j, f"{j.src}: cannot write {j.dst} ({one_line(exc)})")
             continue
         stats.files += 1
         stats.images += n
@@ -537,8 +529,9 @@ def _psf_on_device(args: argparse.Namespace) -> tuple[np.ndarray, Any, Any, str]
 
 
 def _cmd_deconvolve(args: argparse.Namespace) -> int:
+    from ._padding import input_shape
     from .solvers.closed_form import SingularSystemError
-    from .solvers.deconvolve import _spatial_in, deconvolve
+    from .solvers.deconvolve import deconvolve
 
     if args.noise_sigma is not None and args.lam != "discrepancy":
         raise UsageError(f"--noise-sigma is used only with --lam discrepancy (got --lam {args.lam})")
@@ -563,14 +556,14 @@ def _cmd_deconvolve(args: argparse.Namespace) -> int:
                 "--lam gcv) with a regularizer that is nonzero where the PSF vanishes (--reg identity "
                 "is nonzero everywhere)") from None
 
-    t = _Transform("deconvolution", nd, lambda m: tuple(_spatial_in(args.mode, m, h.shape)), apply,
+    t = _Transform("deconvolution", nd, lambda m: tuple(input_shape(args.mode, m, h.shape)), apply,
                    args.psf, label)
     return _run_files(args, f"{PROG} deconvolve", "_deconv", t)
 
 
 def _cmd_convolve(args: argparse.Namespace) -> int:
+    from ._padding import output_shape
     from .conv import convolve
-    from .operators import output_shape
 
     h, xp, hd, label = _psf_on_device(args)
     nd = h.ndim
@@ -586,7 +579,7 @@ def _cmd_convolve(args: argparse.Namespace) -> int:
         return y, None
 
     t = _Transform("convolution", nd,
-                   lambda m: tuple(output_shape(m, h.shape, args.mode, args.convention)), apply,
+                   lambda m: tuple(output_shape(m, h.shape, args.mode)), apply,
                    args.psf, label)
     return _run_files(args, f"{PROG} convolve", "_conv", t)
 
@@ -633,7 +626,7 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
         h = estimate_kernel(x, y, ks, lam=args.lam, mode=args.mode, boundary=args.boundary,
                             convention=args.convention)
     except (ValueError, TypeError) as exc:
-        print(f"{prog}: error: {sharp.path} / {blurred.path}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {sharp.path} / {blurred.path}: {one_line(exc)}", file=sys.stderr)
         return 1
     h = _to_host(h)
     elapsed = time.perf_counter() - t0
@@ -646,7 +639,7 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
         dst.parent.mkdir(parents=True, exist_ok=True)
         io.write_image(dst, out, force=args.force, format=fmt)
     except (OSError, io.ImageFileError) as exc:
-        print(f"{prog}: error: cannot write {dst} ({_one_line(exc)})", file=sys.stderr)
+        print(f"{prog}: error: cannot write {dst} ({one_line(exc)})", file=sys.stderr)
         return 1
     if not args.quiet:
         peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(h)), h.shape))
@@ -702,7 +695,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             r, d = rt.runtimeGetVersion(), rt.driverGetVersion()
             cuda = f"CUDA runtime {r // 1000}.{r % 1000 // 10}, driver {d // 1000}.{d % 1000 // 10}"
         except Exception as exc:
-            cuda = f"CUDA versions unknown ({_one_line(exc)})"
+            cuda = f"CUDA versions unknown ({one_line(exc)})"
         print(f"cupy: {cp.__version__}, {cuda}")
         for i in range(rt.getDeviceCount()):
             p = rt.getDeviceProperties(i)
@@ -714,7 +707,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         srcs = sorted(e.name for e in root.iterdir() if e.name.endswith((".cu", ".cuh")))
         where = str(root)
     except (ModuleNotFoundError, OSError) as exc:
-        srcs, where = [], f"not found ({_one_line(exc)})"
+        srcs, where = [], f"not found ({one_line(exc)})"
     if srcs:
         print(f"CUDA kernel sources: {len(srcs)} in {where} ({', '.join(srcs)})")
     else:
@@ -966,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"{prog}: error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+        print(f"{prog}: error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
 

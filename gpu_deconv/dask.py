@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._backend import is_cupy_array
+from ._padding import input_shape
 from ._validation import (
     check_dtype_arg,
     check_mode_boundary_convention,
@@ -276,7 +277,6 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
         `h` a dask array, or in another array module than y's chunks.
     """
     da = _da()
-    from .solvers.deconvolve import _spatial_in
 
     y = _as_dask(da, "y", y)
     mode = kwargs.get("mode", "same")
@@ -285,7 +285,7 @@ def deconvolve(y: Any, h: Any, *, lam: Any = 0.0, alpha: Any = 0.0, z: Any = Non
     _check_spatial_chunks("y", y, nd)
     nb = y.ndim - nd
     m, k = tuple(y.shape[nb:]), tuple(h.shape)
-    n = tuple(_spatial_in(mode, m, k))
+    n = tuple(input_shape(mode, m, k))
     wdt = float_dtype("y", y.dtype, check_dtype_arg(dtype))
 
     letters = string.ascii_letters

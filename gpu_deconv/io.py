@@ -46,6 +46,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from ._validation import one_line
+
 __all__ = [
     "FORMATS",
     "ImageFile",
@@ -143,11 +145,6 @@ class ImageFile:
     @property
     def dtype(self) -> np.dtype:
         return self.data.dtype
-
-
-def _one_line(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split()) or type(exc).__name__
-    return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
 def available_memory() -> int | None:
@@ -276,7 +273,7 @@ def load(path: str | os.PathLike[str], *, gray: bool = False) -> ImageFile:
     except (ImageFileError, MissingDependencyError, MemoryError):
         raise
     except Exception as exc:  # every library has its own error types for a corrupt file
-        raise ImageFileError(f"{p}: cannot read as {fmt.upper()} ({_one_line(exc)})") from exc
+        raise ImageFileError(f"{p}: cannot read as {fmt.upper()} ({one_line(exc)})") from exc
     data = np.asarray(data)
     if data.dtype.kind not in "biuf":
         raise ImageFileError(f"{p}: holds {data.dtype} data; images must be real numbers")

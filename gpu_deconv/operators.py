@@ -18,7 +18,7 @@ from . import _cache
 from ._axes import check_axes, from_last, natural_shape, to_last
 from ._backend import get_backend, is_cupy_array
 from ._direct import DirectPlan, direct_adjoint, direct_forward
-from ._padding import output_length, plan_axis, source_index
+from ._padding import plan_axis, source_index
 from ._spectra import abs2, kernel_spectrum
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import (
@@ -597,8 +597,3 @@ class _AdjointView:
 
     def __repr__(self):
         return f"{self._op!r}.H"
-
-
-def output_shape(in_shape, kernel_shape, mode, convention="scipy"):
-    """Spatial output shape of a mode (helper for validation elsewhere)."""
-    return tuple(output_length(n, k, mode, convention) for n, k in zip(in_shape, kernel_shape))

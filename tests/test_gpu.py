@@ -25,9 +25,8 @@ from gpu_deconv import _cuda, _memory
 from gpu_deconv._backend import _backend, numpy_backend
 from gpu_deconv._cuda import modules as _kernels
 from gpu_deconv._ops import ArrayOps
-from gpu_deconv._padding import plan_axis
+from gpu_deconv._padding import input_shape, plan_axis
 from gpu_deconv.solvers.closed_form import SingularSystemError
-from gpu_deconv.solvers.deconvolve import _spatial_in
 
 from conftest import CUPY, CUPY_REASON, assert_close, to_numpy
 
@@ -152,7 +151,7 @@ def test_deconvolve_closed_forms(rng, monkeypatch, mode, boundary, method, reg, 
     h = np.outer([1.0, 3.0, 1.0], [1.0, 2.0, 4.0, 2.0, 1.0])
     h = (h + h[::-1, ::-1]) / h.sum() / 2  # centre-symmetric, odd: dct applies
     y = rng.standard_normal((3, 16, 14)).astype(dtype)
-    z = rng.standard_normal(y.shape[:1] + _spatial_in(mode, y.shape[1:], h.shape)).astype(dtype)
+    z = rng.standard_normal(y.shape[:1] + input_shape(mode, y.shape[1:], h.shape)).astype(dtype)
     kw = dict(mode=mode, boundary=boundary, method=method, lam=[0.05, 0.1, 0.5], reg=reg,
               alpha=[0.0, 0.2, 0.1], z=z, return_info=True)
     (xh, ih), (xd, idv) = twin(gd.deconvolve, y, h, **kw)
@@ -420,7 +419,7 @@ def test_out_of_memory_is_retried_in_smaller_chunks():
         return stop - start
 
     retries = []
-    parts = _memory.run_chunks(work, 8, 8, retry_on=_memory.oom_errors(_backend("cupy")),
+    parts = _memory.run_chunks(work, 8, 8, retry_on=_backend("cupy").ops.oom_errors(),
                                on_retry=lambda exc, size: (retries.append(size),
                                                            cp.get_default_memory_pool().free_all_blocks()))
     cp.get_default_memory_pool().free_all_blocks()

@@ -21,6 +21,7 @@ import pytest
 
 import gpu_deconv as gd
 from gpu_deconv import _cuda, _memory
+from gpu_deconv._padding import input_shape
 from gpu_deconv._simulator import executor
 from gpu_deconv.solvers import deconvolve as dv
 
@@ -136,7 +137,7 @@ def test_closed_form_peak_memory_within_the_estimate(rng, sim, method, mode, alp
     y = rng.standard_normal((B,) + shape).astype(np.float32)
     kw = dict(mode=mode, boundary="periodic" if mode != "valid" else "zero", method=method, lam=0.1,
               reg="laplacian", alpha=alpha)
-    z = rng.standard_normal((B,) + dv._spatial_in(mode, shape, h.shape)).astype(np.float32) if alpha else None
+    z = rng.standard_normal((B,) + input_shape(mode, shape, h.shape)).astype(np.float32) if alpha else None
     yd, hd, zd = cp.asarray(y), cp.asarray(h), None if z is None else cp.asarray(z)
     gd.deconvolve(yd, hd, z=zd, batch_size=B, **kw)  # spectra cached, kernels compiled
     st.MEMORY.reset_peak()

@@ -90,43 +90,41 @@ def _ldexp(xp, a, e, dtype):
 
 
 def balance_scales(prob):
-    """Rescale `prob` (a validated deconvolution problem) in place; sets ``prob.x_exp``, ``prob.lam_exp``.
+    """`prob` (a validated deconvolution problem) rescaled, with its ``x_exp`` and ``lam_exp`` set.
 
-    The answer of the rescaled problem, image b, times ``2 ** prob.x_exp[b]`` is
-    the answer of the original one (:func:`unscale`); ``prob.lam`` and
-    ``prob.alpha`` are then in the rescaled units, ``2 ** prob.lam_exp`` times
-    them in the caller's. Both are 0 (and nothing changed) when every kernel's
-    and image's magnitude is within the band.
+    The answer of the rescaled problem, image b, times ``2 ** x_exp[b]`` is
+    the answer of the original one (:func:`unscale`); ``lam`` and ``alpha``
+    are then in the rescaled units, ``2 ** lam_exp`` times them in the
+    caller's. `prob` itself is returned (both exponents 0) when every
+    kernel's and image's magnitude is within the band.
     """
     xp, wdt, nd = prob.bk.xp, np.dtype(prob.dtype), prob.ndim
-    prob.x_exp = prob.lam_exp = 0
     shared = prob.h.ndim == nd  # one kernel for the batch
     ec, ed = scale_exponents(xp, prob.h, prob.y, nd, wdt, weights=(prob.lam, prob.alpha), y_sq=prob.y_sq)
     if not (ec.any() or ed.any()):
         return prob
+    new = {}
     if ec.any():
-        prob.h = _ldexp(xp, prob.h, -ec[0] if shared else -ec, wdt)
+        new["h"] = _ldexp(xp, prob.h, -ec[0] if shared else -ec, wdt)
         with np.errstate(under="ignore"):  # a lam' below the smallest float is 0 next to |H'|^2
-            prob.lam = np.ldexp(prob.lam, -2 * ec)
-            prob.alpha = np.ldexp(prob.alpha, -2 * ec)
+            new["lam"] = np.ldexp(prob.lam, -2 * ec)
+            new["alpha"] = np.ldexp(prob.alpha, -2 * ec)
     if ed.any():
-        prob.y = _ldexp(xp, prob.y, -ed, wdt)
-        prob.y_sq = sq_norm(xp, xp.ascontiguousarray(prob.y))
+        new["y"] = _ldexp(xp, prob.y, -ed, wdt)
+        new["y_sq"] = sq_norm(xp, xp.ascontiguousarray(new["y"]))
     shift = ec - ed  # z' = (c / d) z, x0' = (c / d) x0
     if shift.any():
         if prob.z is not None:
-            prob.z = _ldexp(xp, prob.z, shift, wdt)
-            prob.z_sq = sq_norm(xp, xp.ascontiguousarray(prob.z))
+            new["z"] = _ldexp(xp, prob.z, shift, wdt)
+            new["z_sq"] = sq_norm(xp, xp.ascontiguousarray(new["z"]))
         if prob.x0 is not None:
-            prob.x0 = _ldexp(xp, prob.x0, shift, wdt)
-    prob.x_exp = ed - ec
-    prob.lam_exp = 2 * ec
-    return prob
+            new["x0"] = _ldexp(xp, prob.x0, shift, wdt)
+    return prob.replace(x_exp=ed - ec, lam_exp=2 * ec, **new)
 
 
 def unscale(prob, x):
     """The original problem's answer (shape (B, ...)) from the rescaled one's (inf where it overflows)."""
-    e = getattr(prob, "x_exp", 0)
+    e = prob.x_exp
     if not np.any(e):
         return x
     with np.errstate(over="ignore", under="ignore"):

@@ -89,6 +89,31 @@ class SolveInfo:
     def all_converged(self) -> bool:
         return bool(np.all(self.converged))
 
+    @classmethod
+    def concat(cls, infos, shape) -> SolveInfo:
+        """One SolveInfo for a batch from those of its consecutive chunks (flat order), of batch `shape`.
+
+        A chunk whose images all stopped early has a shorter history; its last
+        entry is repeated, which is what the whole-batch history holds for images
+        that have stopped (their residual no longer changes). History entries
+        stay flat (one value per image of the flat batch), as batched_cg makes them.
+        """
+        def cat(name):
+            parts = [getattr(i, name) for i in infos]
+            if any(p is None for p in parts):
+                return None
+            return np.concatenate([np.asarray(p).reshape(-1) for p in parts]).reshape(shape)
+
+        first = infos[0]
+        hist = []
+        steps = max(len(i.history) for i in infos)
+        if steps and all(i.history for i in infos):
+            for k in range(steps):
+                hist.append(np.concatenate([np.asarray(i.history[min(k, len(i.history) - 1)]).reshape(-1)
+                                            for i in infos]))
+        return cls(first.method, cat("iterations"), cat("residual"), cat("converged"), cat("breakdown"),
+                   cat("stagnated"), rtol=first.rtol, preconditioned=first.preconditioned, history=hist)
+
 
 def pow2_scale(xp, a, nd):
     """Per system, the power of two that brings ``max |a|`` into [0.5, 1) (1 for a zero system).

@@ -17,13 +17,10 @@ the full spectrum (the band part is built for real stencils only).
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from .._spectra import kernel_power, weighted_power
 from .._validation import real_dtype
-from ..operators import ConvolutionOperator
 from .cg import SolveInfo
 from .closed_form import image_scalars
 
@@ -39,20 +36,13 @@ def real_problem(prob):
     """The problem of the stacked real and imaginary parts (batch 2B, real dtype)."""
     xp = prob.bk.xp
     rdt = real_dtype(prob.dtype)
-    sub = copy.copy(prob)
-    sub.dtype = rdt
-    sub.B = 2 * prob.B
-    sub.batch = (2,) + tuple(prob.batch)
-    sub.y = _stack(xp, prob.y, rdt)
-    sub.z = None if prob.z is None else _stack(xp, prob.z, rdt)
-    sub.x0 = None if prob.x0 is None else _stack(xp, prob.x0, rdt)
-    sub.lam = np.concatenate([prob.lam, prob.lam])
-    sub.alpha = np.concatenate([prob.alpha, prob.alpha])
+    changes = dict(dtype=rdt, batch=(2,) + tuple(prob.batch), y=_stack(xp, prob.y, rdt),
+                   z=None if prob.z is None else _stack(xp, prob.z, rdt),
+                   x0=None if prob.x0 is None else _stack(xp, prob.x0, rdt),
+                   lam=np.concatenate([prob.lam, prob.lam]), alpha=np.concatenate([prob.alpha, prob.alpha]))
     if prob.A.kernel_batch:
-        sub.h = xp.concatenate([prob.h, prob.h])
-        sub.A = ConvolutionOperator(sub.h, prob.n, prob.mode, boundary=prob.boundary,
-                                    convention=prob.convention, ndim=prob.ndim)
-    return sub
+        changes["h"] = xp.concatenate([prob.h, prob.h])
+    return prob.replace(**changes)
 
 
 def solve_split(prob, method, solve, *, rtol, maxiter, precondition, return_info, batch_size):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-import numbers
 import warnings
 
 import numpy as np
 
 from .. import _cache, _memory
 from .._backend import get_backend, is_cupy_array
+from .._padding import input_shape
 from .._spectra import abs2, kernel_power, weighted_power
-from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
+from .._typing import METHODS, Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
 from .._validation import (
     as_array,
     as_float_array,
@@ -22,7 +21,7 @@ from .._validation import (
     check_ndim,
     check_positive,
     finite_result,
-    plain_ndarray,
+    per_image,
     quiet_fp,
     real_dtype,
     work_dtype,
@@ -33,11 +32,11 @@ from . import lam as lamsel
 from ._scaling import balance_scales, unscale
 from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2_scale
 from .precond import image_params, make_preconditioner
+from .problem import Problem, solve_in_chunks
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
 
 __all__ = ["deconvolve", "choose_lam", "estimate_noise", "LamSelectionWarning"]
 
-METHODS = ("auto", "fft", "dct", "cg", "fft_approx")
 
 
 # ----------------------------------------------------------------- inputs
@@ -53,47 +52,6 @@ def _kernels(bk, h, dtype, ndim):
         return arr, check_ndim(arr.ndim - 1 if ndim is None else ndim, arr.ndim)
     arr = as_float_array(bk, "h", h, dtype, allow_complex=True)
     return arr, check_ndim(ndim, arr.ndim)
-
-
-def per_image(name, v, batch, *, allow_zero=True, dtype=None):
-    """A scalar or one value per image -> float64 array of shape `batch` (host).
-
-    With `dtype`, values beyond that floating type's range are refused: they
-    would turn into inf in the first product of the working precision.
-    """
-    if isinstance(v, bool) or v is None:
-        raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r}")
-    if is_cupy_array(v):
-        v = v.get()
-    if isinstance(v, np.ma.MaskedArray):
-        plain_ndarray(name, v)  # raises: the mask would be dropped
-    try:
-        # Only real numbers: np.asarray(v, float) would parse "1e-3" and drop 1j's imaginary part.
-        # Any numbers.Real (fractions.Fraction, ...) is a real number too, alone or in a list.
-        if isinstance(v, numbers.Real):
-            v = float(v)
-        elif isinstance(v, (list, tuple)) and v and all(
-                isinstance(e, numbers.Real) and not isinstance(e, bool) for e in v):
-            v = [float(e) for e in v]
-        if np.asarray(v).dtype.kind not in "biuf":
-            raise TypeError
-        a = np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a non-negative number or one per image; got {v!r:.60}") from None
-    if a.ndim and not isinstance(v, (numbers.Number, np.ndarray, list, tuple)):
-        raise TypeError(f"{name} must be a number or an array of numbers; got {type(v).__name__}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite; got {v!r:.60}")
-    if np.any(a < 0):
-        raise ValueError(f"{name} must be non-negative; got {v!r:.60}")
-    if dtype is not None and a.size and float(a.max()) > float(np.finfo(dtype).max):
-        raise ValueError(f"{name} is beyond the range of the working dtype {np.dtype(dtype)}; "
-                         f"got {float(a.max()):.3g}")
-    try:
-        return np.broadcast_to(a, batch).copy()
-    except ValueError:
-        raise ValueError(f"{name} must be a scalar or one value per image (batch shape {tuple(batch)}); "
-                         f"got shape {a.shape}") from None
 
 
 def _refuse_zero_kernel(bk, h, nd, batch, lam, alpha):
@@ -117,18 +75,6 @@ def _kind_of(a):
     return np.dtype(dt) if dt is not None and np.dtype(dt).kind in "biufc" else np.dtype(np.float64)
 
 
-def _spatial_in(mode, m, k):
-    if mode in ("same", "circular"):
-        return tuple(m)
-    if mode == "valid":
-        return tuple(a + b - 1 for a, b in zip(m, k))
-    n = tuple(a - b + 1 for a, b in zip(m, k))
-    if any(v < 1 for v in n):
-        raise ValueError(f"mode='full' needs y at least as large as the kernel in every axis "
-                         f"(x has y.shape - k + 1 samples); y spatial shape {tuple(m)}, kernel {tuple(k)}")
-    return n
-
-
 def _image_array(bk, name, a, batch, n, dtype, norm=False):
     """An image-shaped argument (z, x0): spatial shape n, batch broadcast to `batch`."""
     if norm:
@@ -147,31 +93,6 @@ def _image_array(bk, name, a, batch, n, dtype, norm=False):
 
 
 # ------------------------------------------------------------------ solve
-class _Problem:
-    """Validated problem in flat-batch form: y (B, *m), per-image lam/alpha (B,)."""
-
-    #: Per-image lam for which CG's preconditioner is built, when not `lam` itself
-    #: (the solves that choose lam share one preconditioner across nearby lam).
-    lam_precond = None
-
-    def key(self, *tag, dtype=None):
-        """Cache identity of what is built from the operators alone (filters, preconditioners).
-
-        Kernels, regularizers and their weights, geometry, lam and alpha, dtype; `tag` says what.
-        """
-        regs = ()
-        if self.use_reg:
-            regs = tuple((t.weight, "I" if t.is_identity else t.op.cache_key()) for t in self.terms)
-        return tag + (self.A.cache_key(), regs, self.lam.tobytes() if self.use_reg else b"",
-                      self.alpha.tobytes(), np.dtype(self.dtype if dtype is None else dtype).str)
-
-    def reg_terms(self):
-        """``(w_i, kernel or None for the identity)`` of the regularizers in use (none without lam > 0)."""
-        if not self.use_reg:
-            return []
-        return [(t.weight, None if t.is_identity else t.op.kernel) for t in self.terms]
-
-
 def _dct_eligible(bk, prob):
     if not prob.real_ops:
         return "dct needs real kernels (complex kernels: method='cg')"
@@ -389,9 +310,7 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
     if criterion:
         lam_b, curve, warm = _select_lam(prob, method, criterion, noise_sigma, rtol, maxiter, precondition,
                                          batch_size)
-        prob.lam = lam_b
-        if warm is not None and prob.x0 is None:
-            prob.x0 = warm
+        prob = prob.replace(lam=lam_b, x0=warm if warm is not None and prob.x0 is None else prob.x0)
     elif noise_sigma is not None:
         raise ValueError("noise_sigma is used only with lam='discrepancy'; "
                          f"got lam={lam!r:.40} with noise_sigma={noise_sigma!r:.40}")
@@ -438,13 +357,13 @@ def _solve_problem(prob, method, rtol, maxiter, precondition, return_info, batch
         if method == "cg":
             unsafe.append(p)
             return _solve_cg(p, rtol, maxiter, precondition, return_info)
-        xs = _solve_closed(p, method)
-        if not getattr(p, "output_safe", False):
+        xs, output_safe = _solve_closed(p, method)
+        if not output_safe:
             unsafe.append(p)
         return xs, (_closed_info(p, method, xs, rtol) if return_info else None)
 
     with quiet_fp():
-        x, info = _memory.solve_in_chunks(prob, method, batch_size, solve, precondition=precondition)
+        x, info = solve_in_chunks(prob, method, batch_size, solve, precondition=precondition)
         x = unscale(prob, x)
     if unsafe or np.any(prob.x_exp):  # a closed form whose output is bounded below overflow skips this pass
         finite_result(prob.bk, x, "the solution", ("y", "h", "z", "lam", "alpha"))
@@ -519,7 +438,7 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
         boundary = "periodic"
     m = tuple(y.shape[y.ndim - nd:])
     kshape = tuple(h.shape[h.ndim - nd:])
-    n = _spatial_in(mode, m, kshape)
+    n = input_shape(mode, m, kshape)
     batch = broadcast_batch("y", y.shape[:y.ndim - nd], "h", h.shape[:h.ndim - nd])
     lam_a = per_image("lam", lam, batch, dtype=rdt)
     alpha_a = per_image("alpha", alpha, batch, dtype=rdt)
@@ -532,27 +451,21 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
 
     B = int(np.prod(batch)) if batch else 1
     kb = h.shape[:h.ndim - nd]
-    prob = _Problem()
-    prob.bk, prob.dtype, prob.batch, prob.B = bk, wdt, tuple(batch), B
-    prob.mode, prob.boundary, prob.convention, prob.ndim = mode, boundary, convention, nd
-    prob.kshape, prob.n, prob.m = kshape, n, m
-    prob.y = bk.xp.broadcast_to(y, tuple(batch) + m).reshape((B,) + m)
-    prob.h = bk.xp.broadcast_to(h, tuple(batch) + kshape).reshape((B,) + kshape) if kb else h
-    prob.z = zf.reshape((B,) + n).astype(wdt, copy=False) if zf is not None else None
-    prob.x0 = x0f.reshape((B,) + n).astype(wdt, copy=False) if x0f is not None else None
-    prob.lam, prob.alpha = lam_a.reshape(B), alpha_a.reshape(B)
-    # Norms of the data (from the validation pass) bound a closed form's output.
-    prob.y_sq, prob.z_sq = y_sq, z_sq
-    balance_scales(prob)  # kernels or data far from 1: exact power-of-two rescaling (x_exp)
-    prob.use_reg = bool(np.any(lam_a > 0))
-    prob.use_alpha = bool(np.any(alpha_a > 0))
-    prob.A = ConvolutionOperator(prob.h, n, mode, boundary=boundary, convention=convention, ndim=nd)
-    prob.terms = build_operators(terms, n, circular=mode == "circular", boundary=boundary,
-                                 convention=convention, dtype=rdt)
-    # Real kernels and regularizers: a complex problem splits into two real ones.
-    prob.real_ops = h.dtype.kind != "c" and all(
-        t.is_identity or t.op.dtype.kind != "c" for t in prob.terms)
-    return prob
+    hb = bk.xp.broadcast_to(h, tuple(batch) + kshape).reshape((B,) + kshape) if kb else h
+    terms = build_operators(terms, n, circular=mode == "circular", boundary=boundary,
+                            convention=convention, dtype=rdt)
+    prob = Problem(
+        bk=bk, dtype=wdt, batch=tuple(batch), mode=mode, boundary=boundary, convention=convention, ndim=nd,
+        kshape=kshape, n=n, m=m, y=bk.xp.broadcast_to(y, tuple(batch) + m).reshape((B,) + m), h=hb,
+        A=ConvolutionOperator(hb, n, mode, boundary=boundary, convention=convention, ndim=nd), terms=terms,
+        lam=lam_a.reshape(B), alpha=alpha_a.reshape(B),
+        z=zf.reshape((B,) + n).astype(wdt, copy=False) if zf is not None else None,
+        x0=x0f.reshape((B,) + n).astype(wdt, copy=False) if x0f is not None else None,
+        # Norms of the data (from the validation pass) bound a closed form's output.
+        y_sq=y_sq, z_sq=z_sq, use_reg=bool(np.any(lam_a > 0)), use_alpha=bool(np.any(alpha_a > 0)),
+        # Real kernels and regularizers: a complex problem splits into two real ones.
+        real_ops=h.dtype.kind != "c" and all(t.is_identity or t.op.dtype.kind != "c" for t in terms))
+    return balance_scales(prob)  # kernels or data far from 1: exact power-of-two rescaling (x_exp)
 
 
 def choose_method(prob, method):
@@ -574,9 +487,9 @@ def _solve_closed(prob, method):
     bk, nd, wdt = prob.bk, prob.ndim, prob.dtype
     if method == "fft_approx":
         return cf.fourier_division(bk, prob.y, prob.h, prob.reg_terms(), prob.lam, prob.alpha, prob.z,
-                                   prob.mode, prob.convention, prob.n, nd, wdt)
+                                   prob.mode, prob.convention, prob.n, nd, wdt), False
     if method == "fft" and bk.ops.fused_spectral_solve and wdt.kind != "c":  # the CUDA solve is real-only
-        return _solve_fft_fused(prob)
+        return _solve_fft_fused(prob), False
 
     def build():
         stats = {}
@@ -599,10 +512,10 @@ def _solve_closed(prob, method):
     # Parseval (unitary transforms): |x| <= max|W| ||y|| + max|V| ||z||; when that
     # is far below the largest float the result needs no finiteness pass.
     bound = wmax * np.sqrt(prob.y_sq) + vmax * np.sqrt(prob.z_sq)
-    prob.output_safe = bool(bound < np.finfo(wdt).max / 8)
+    output_safe = bool(bound < np.finfo(wdt).max / 8)
     if method == "fft":
-        return cf.apply_spectral_filter(bk, W, V, prob.y, prob.z, prob.n)
-    return cf.apply_dct_filter(bk, W, V, prob.y, prob.z, nd)
+        return cf.apply_spectral_filter(bk, W, V, prob.y, prob.z, prob.n), output_safe
+    return cf.apply_dct_filter(bk, W, V, prob.y, prob.z, nd), output_safe
 
 
 def _solve_fft_fused(prob):
@@ -665,10 +578,7 @@ def _rhs(prob):
 def _solve_cg(prob, rtol, maxiter, precondition, return_info):
     bk = prob.bk
     normal = _make_normal(bk, prob, prob.dtype)
-    pprob = prob
-    if prob.lam_precond is not None:
-        pprob = copy.copy(prob)
-        pprob.lam = prob.lam_precond
+    pprob = prob if prob.lam_precond is None else prob.replace(lam=prob.lam_precond)
     if prob.dtype.kind == "c" and precondition:  # complex kernels: the circulant part, on full FFTs
         from .complex_solve import complex_circulant
 
@@ -721,30 +631,24 @@ def _noise_target(prob, noise_sigma):
     return sigma.astype(np.float64) ** 2
 
 
-def _expanded(prob, E, y_e, lam, x0):
+def _expanded(prob, E, y_e, lam, x0, lam_precond=None):
     """`prob` with every image repeated E times (entries b*E + e), data `y_e`, per-image lam.
 
     Entries e >= 1 are probes: right-hand side y_e, no proximal centre (z = 0).
     """
     bk, B, n = prob.bk, prob.B, tuple(prob.n)
     xp = bk.xp
-    p = copy.copy(prob)
-    p.B, p.batch = B * E, (B * E,)
-    p.y = y_e
-    p.x_exp = p.lam_exp = 0  # the selection works in the (possibly rescaled) units of `prob`
-    p.lam = np.repeat(np.asarray(lam, np.float64), E)
-    p.alpha = np.repeat(prob.alpha, E)
-    p.use_reg = True
+    # The selection works in the (possibly rescaled) units of `prob`: x_exp = lam_exp = 0.
+    changes = dict(batch=(B * E,), y=y_e, x_exp=0, lam_exp=0, lam=np.repeat(np.asarray(lam, np.float64), E),
+                   alpha=np.repeat(prob.alpha, E), use_reg=True,
+                   x0=None if x0 is None else x0.reshape((B * E,) + n), lam_precond=lam_precond)
     if prob.z is not None:
         z = xp.zeros((B, E) + n, dtype=prob.z.dtype)
         z[:, 0] = prob.z
-        p.z = z.reshape((B * E,) + n)
-    p.x0 = None if x0 is None else x0.reshape((B * E,) + n)
+        changes["z"] = z.reshape((B * E,) + n)
     if prob.A.kernel_batch:
-        p.h = xp.repeat(prob.h, E, axis=0)
-        p.A = ConvolutionOperator(p.h, n, prob.mode, boundary=prob.boundary,
-                                  convention=prob.convention, ndim=prob.ndim)
-    return p
+        changes["h"] = xp.repeat(prob.h, E, axis=0)
+    return prob.replace(**changes)
 
 
 class LamSelectionWarning(UserWarning):
@@ -827,7 +731,7 @@ def _select_closed(prob, method, criterion, target, curve, batch_size, flags):
     lam = np.empty(B)
     for start in range(0, B, chunk):
         stop = min(B, start + chunk)
-        sub = prob if (start, stop) == (0, B) else _memory.subproblem(prob, start, stop)
+        sub = prob if (start, stop) == (0, B) else prob.slice(start, stop)
         model = lamsel.spectral_model(sub, method)
         sub_curve = lamsel._Curve(stop - start)
         f = {}
@@ -867,10 +771,9 @@ def _select_cg(prob, criterion, target, curve, rtol, maxiter, precondition, batc
         if x0 is None and prob.x0 is not None:
             x0 = xp.zeros((B, e) + n, dtype=prob.dtype)
             x0[:, 0] = prob.x0
-        p = _expanded(prob, e, y_e if with_probes else prob.y, lam, x0)
         # One preconditioner (built at the surrogate's lam, cached) serves every lam tried:
         # it stays SPD, and building one per lam would cost more than it saves.
-        p.lam_precond = np.repeat(lam_s, e)
+        p = _expanded(prob, e, y_e if with_probes else prob.y, lam, x0, lam_precond=np.repeat(lam_s, e))
         x, _ = _solve_problem(p, "cg", sel_rtol, maxiter, precondition, False, batch_size)
         return x.reshape((B, e) + n)
 

@@ -19,9 +19,16 @@ import numpy as np
 from .._backend import get_backend, ldexp
 from .._spectra import abs2
 from .._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
-from .._validation import as_float_array, broadcast_batch, check_shape, finite_result, quiet_fp, work_dtype
+from .._validation import (
+    as_float_array,
+    broadcast_batch,
+    check_shape,
+    finite_result,
+    per_image,
+    quiet_fp,
+    work_dtype,
+)
 from ..conv import _prepare
-from .deconvolve import per_image
 
 __all__ = ["estimate_kernel"]
 

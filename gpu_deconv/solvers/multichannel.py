@@ -16,20 +16,19 @@ import numpy as np
 from .._backend import get_backend
 from .._padding import same_offset
 from .._spectra import kernel_spectrum
-from .._typing import Array, ArrayLike, Convention, DTypeLike, PerImage
+from .._typing import CONVENTIONS, Array, ArrayLike, Convention, DTypeLike, PerImage
 from .._validation import (
-    CONVENTIONS,
     as_float_array,
     broadcast_batch,
     check_choice,
     check_dtype_arg,
     check_ndim,
     finite_result,
+    per_image,
     quiet_fp,
     real_dtype,
     work_dtype,
 )
-from .deconvolve import per_image
 
 __all__ = ["solve_multichannel"]
 
