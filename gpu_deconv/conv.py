@@ -13,7 +13,6 @@ from ._validation import (
     as_array,
     as_float_array,
     broadcast_batch,
-    check_dtype_arg,
     check_mode_boundary_convention,
     check_ndim,
     finite_result,
@@ -24,31 +23,6 @@ from ._validation import (
 from .operators import ConvolutionOperator
 
 __all__ = ["convolve", "correlate"]
-
-
-def _prepare(x, h, mode, boundary, convention, ndim, dtype, bound=None):
-    """Validate once; returns the operator and the checked image.
-
-    A dict passed as `bound` receives ``"norm"``: ``||h|| ||x||``, which bounds
-    every output sample (Cauchy-Schwarz), from the same passes that validate.
-    Complex `x` or `h` are kept complex (the operator promotes the other one).
-    """
-    check_mode_boundary_convention(mode, boundary, convention)
-    dtype = check_dtype_arg(dtype)
-    bk = get_backend(x=x, h=h)
-    x, x_sq = as_float_array(bk, "x", x, dtype, norm=True, allow_complex=True)
-    h, h_sq = as_float_array(bk, "h", h, x.dtype, norm=True, allow_complex=True)
-    if bound is not None:
-        bound["norm"] = float(np.sqrt(x_sq) * np.sqrt(h_sq))
-    ndim = check_ndim(ndim, h.ndim)
-    if x.ndim < ndim:
-        raise ValueError(
-            f"h has more spatial dimensions ({ndim}) than x has dimensions ({x.ndim}); "
-            f"shapes: x {tuple(x.shape)}, h {tuple(h.shape)}"
-        )
-    op = ConvolutionOperator(h, x.shape[x.ndim - ndim:], mode, boundary=boundary,
-                             convention=convention, ndim=ndim)
-    return op, x
 
 
 def _check_axes(axes, x, h):
@@ -126,11 +100,11 @@ def _convolve(x, h, mode, boundary, convention, ndim, dtype, axes):
                 dtype = real_dtype(float_dtype("x", xa.dtype, allow_complex=True))
             x, h = ha, xa
     bound = {}
-    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype, bound)
-    # x was validated by _prepare: apply the operator without checking it again.
+    op, x = ConvolutionOperator.prepare(x, h, mode, boundary, convention, ndim, dtype, bound)
+    # x was validated by prepare(): apply the operator without checking it again.
     batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
     with quiet_fp():
-        out = op._forward(x, batch)
+        out = op.forward_unchecked(x, batch)
     if bound["norm"] < np.finfo(out.dtype).max / 8:
         return out  # |h * x| <= ||h|| ||x||: no sample can have overflowed
     return finite_result(op.backend, out, "h * x", ("x", "h"))

@@ -18,7 +18,7 @@ import numpy as np
 from ._backend import get_backend
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
 from ._validation import as_float_array, broadcast_batch, finite_result, quiet_fp, work_dtype
-from .conv import _prepare
+from .operators import ConvolutionOperator
 
 __all__ = ["grad_x", "grad_h"]
 
@@ -33,7 +33,7 @@ def _residual(op, x, y, batch):
         )
     if op._empty:
         return None, None, y * 0
-    HX, XE = op._forward_spec(x, keep_input=True)
+    HX, XE = op.forward_spectrum(x, keep_input=True)
     hx = bk.ifft_any(HX, op.grid_shape, x.dtype.kind == "c")
     hx = hx[(Ellipsis,) + tuple(slice(0, m) for m in op.spatial_out_shape)]
     return HX, XE, xp.ascontiguousarray(hx - y)
@@ -82,14 +82,14 @@ def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, bou
     >>> gpu_deconv.grad_x(x, h, y, "valid")
     array([0., 0., 0.])
     """
-    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
+    op, x = ConvolutionOperator.prepare(x, h, mode, boundary, convention, ndim, dtype)
     x, y = _inputs(op, x, y, op._empty)
     batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
     with quiet_fp():
         HX, _, r = _residual(op, x, y, batch)
         if HX is None:
             return op.backend.xp.zeros(batch + op.spatial_in_shape, dtype=x.dtype)
-        g = op._adjoint(r, batch)
+        g = op.adjoint_unchecked(r, batch)
     return finite_result(op.backend, g, "grad_x", ("x", "h", "y"))
 
 
@@ -122,7 +122,7 @@ def grad_h(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, bou
     >>> gpu_deconv.grad_h(x, h, y, "valid")   # X^T (0 - y)
     array([-1., -2.])
     """
-    op, x = _prepare(x, h, mode, boundary, convention, ndim, dtype)
+    op, x = ConvolutionOperator.prepare(x, h, mode, boundary, convention, ndim, dtype)
     bk = op.backend
     x, y = _inputs(op, x, y, op._empty)
     batch = broadcast_batch("x", x.shape[:x.ndim - op.ndim], "h", op.kernel_batch)
@@ -146,7 +146,7 @@ def _grad_h(op, x, y, batch):
     if cplx:
         corr = xp.conj(corr)
     nd = op.ndim
-    for ax, p in enumerate(op._plans):
+    for ax, p in enumerate(op.plans):
         idx = (p.shift - np.arange(p.k)) % p.G
         corr = xp.take(corr, xp.asarray(idx), axis=ax - nd)
     # Sum the batch axes that the kernel does not have.

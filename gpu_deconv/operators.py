@@ -166,12 +166,12 @@ class ConvolutionOperator:
                     "(convention='matlab' returns an empty result instead)"
                 )
         self.spatial_in_shape = spatial
-        self._plans = tuple(
+        self.plans = tuple(
             plan_axis(n, k, mode, boundary, convention, bk.next_fast_len)
             for n, k in zip(spatial, self.kernel_shape)
         )
-        self.spatial_out_shape = tuple(p.m for p in self._plans)
-        self.grid_shape = tuple(p.G for p in self._plans)
+        self.spatial_out_shape = tuple(p.m for p in self.plans)
+        self.grid_shape = tuple(p.G for p in self.plans)
         self._empty = any(m == 0 for m in self.spatial_out_shape)
         # E^T E is the identity on everything the circular product can reach
         # (so normal() needs one FFT pair) for circular, and for full + zero.
@@ -242,7 +242,7 @@ class ConvolutionOperator:
 
     # ------------------------------------------------------------ transforms
     def _shifts(self):
-        return tuple(p.shift for p in self._plans)
+        return tuple(p.shift for p in self.plans)
 
     def cache_key(self):
         """Hashable identity: kernel contents, geometry, mode, boundary and convention."""
@@ -315,6 +315,33 @@ class ConvolutionOperator:
         out_batch = broadcast_batch(name, batch, "h", self.kernel_batch)
         return a, out_batch
 
+    @classmethod
+    def prepare(cls, x, h, mode, boundary, convention, ndim, dtype, bound=None):
+        """Validate an image and a kernel together, once: ``(operator, checked image)``.
+
+        The shared input path of :func:`~gpu_deconv.convolve`, the gradients and
+        :func:`~gpu_deconv.estimate_kernel`.
+
+        A dict passed as `bound` receives ``"norm"``: ``||h|| ||x||``, which bounds
+        every output sample (Cauchy-Schwarz), from the same passes that validate.
+        Complex `x` or `h` are kept complex (the operator promotes the other one).
+        """
+        check_mode_boundary_convention(mode, boundary, convention)
+        dtype = check_dtype_arg(dtype)
+        bk = get_backend(x=x, h=h)
+        x, x_sq = as_float_array(bk, "x", x, dtype, norm=True, allow_complex=True)
+        h, h_sq = as_float_array(bk, "h", h, x.dtype, norm=True, allow_complex=True)
+        if bound is not None:
+            bound["norm"] = float(np.sqrt(x_sq) * np.sqrt(h_sq))
+        ndim = check_ndim(ndim, h.ndim)
+        if x.ndim < ndim:
+            raise ValueError(
+                f"h has more spatial dimensions ({ndim}) than x has dimensions ({x.ndim}); "
+                f"shapes: x {tuple(x.shape)}, h {tuple(h.shape)}"
+            )
+        op = cls(h, x.shape[x.ndim - ndim:], mode, boundary=boundary, convention=convention, ndim=ndim)
+        return op, x
+
     # ------------------------------------------------------------- apply
     def forward(self, x: ArrayLike) -> Array:
         """Apply the operator: ``h * x`` in this mode and boundary.
@@ -335,7 +362,7 @@ class ConvolutionOperator:
     def _forward_checked(self, x):
         x, batch = self._check_input("x", x, self.spatial_in_shape)
         with quiet_fp():
-            out = self._forward(x, batch)
+            out = self.forward_unchecked(x, batch)
         return finite_result(self._bk, out, "h * x", ("x", "h"))
 
     __call__ = forward
@@ -354,7 +381,7 @@ class ConvolutionOperator:
                 return None
             taps = np.count_nonzero(np.any(hh.reshape((-1,) + self.kernel_shape) != 0, axis=0))
             if taps <= DIRECT_MAX_TAPS:
-                plans = self._plans
+                plans = self.plans
                 if self.mode == "circular":  # same + periodic, read without a grid
                     plans = tuple(plan_axis(n, k, "same", "periodic", self.convention, lambda v: v)
                                   for n, k in zip(self.spatial_in_shape, self.kernel_shape))
@@ -366,7 +393,14 @@ class ConvolutionOperator:
         wdt = self._wdt(a.dtype)
         return a if a.dtype == wdt else a.astype(wdt)
 
-    def _forward(self, x, batch):
+    # ------------------------------------------------------- trusted core
+    # forward_unchecked / adjoint_unchecked / normal_unchecked / forward_spectrum are the
+    # operator's core for callers that validated their input already (the public methods
+    # above, the solvers, the gradients): `x` in the working dtype with the operator's
+    # trailing spatial shape, `batch` the broadcast of its batch and the kernel batch.
+    # Nothing is checked again and the output is not scanned for overflow.
+    def forward_unchecked(self, x, batch):
+        """``E C P x`` for a validated `x` (see the comment above)."""
         xp = self._bk.xp
         x = self._promote(x)
         if self._empty:
@@ -374,19 +408,19 @@ class ConvolutionOperator:
         dp = self._direct_plan()
         if dp is not None:
             return direct_forward(self._bk.ops, x, self._h_as(x.real.dtype), dp, batch)
-        return self._bk.ops.inverse_window(self._forward_spec(x), self.grid_shape, self.spatial_out_shape,
+        return self._bk.ops.inverse_window(self.forward_spectrum(x), self.grid_shape, self.spatial_out_shape,
                                            x.dtype.kind == "c")
 
     def _h_as(self, dtype):
         return self._h if self._h.dtype == dtype else self._h.astype(dtype)
 
-    def _forward_spec(self, x, keep_input=False):
+    def forward_spectrum(self, x, keep_input=False):
         """Spectrum of C P x (before extraction); optionally also that of P x.
 
         `x` is in the working dtype (see :meth:`_promote`): real data take the
         half spectrum, complex data the full one.
         """
-        XE = self._bk.ops.padded_spectrum(x, self._plans, self.boundary, self.grid_shape)
+        XE = self._bk.ops.padded_spectrum(x, self.plans, self.boundary, self.grid_shape)
         H = self.spectrum(x.dtype)
         if keep_input:
             return XE * H, XE
@@ -410,10 +444,11 @@ class ConvolutionOperator:
     def _adjoint_checked(self, y):
         y, batch = self._check_input("y", y, self.spatial_out_shape)
         with quiet_fp():
-            out = self._adjoint(y, batch)
+            out = self.adjoint_unchecked(y, batch)
         return finite_result(self._bk, out, "the adjoint", ("y", "h"))
 
-    def _adjoint(self, y, batch):
+    def adjoint_unchecked(self, y, batch):
+        """``P^T C^H E^T y`` for a validated `y`."""
         bk, xp = self._bk, self._bk.xp
         y = self._promote(y)
         if self._empty:
@@ -430,9 +465,9 @@ class ConvolutionOperator:
         if not conj_done:
             Y = _times_fresh(Y, self._conj_spectrum(wdt))
         # Y is always a spectrum made for this call: the inverse transform may destroy it.
-        v = ops.inverse_to_grid(Y, self.grid_shape, self._plans, cplx)
+        v = ops.inverse_to_grid(Y, self.grid_shape, self.plans, cplx)
         del Y  # before the fold's copies: two grid-sized arrays at a time, not three
-        return ops.fold_grid(v, self._plans, self.boundary)
+        return ops.fold_grid(v, self.plans, self.boundary)
 
     def normal(self, x: ArrayLike) -> Array:
         """``adjoint(forward(x))`` with as few FFTs as possible.
@@ -445,10 +480,11 @@ class ConvolutionOperator:
     def _normal_checked(self, x):
         x, batch = self._check_input("x", x, self.spatial_in_shape)
         with quiet_fp():
-            out = self._normal(x, batch)
+            out = self.normal_unchecked(x, batch)
         return finite_result(self._bk, out, "the normal operator", ("x", "h"))
 
-    def _normal(self, x, batch):
+    def normal_unchecked(self, x, batch):
+        """``H^H H x`` for a validated `x`."""
         bk, xp = self._bk, self._bk.xp
         x = self._promote(x)
         if self._empty:
@@ -459,10 +495,10 @@ class ConvolutionOperator:
             return direct_adjoint(bk.ops, direct_forward(bk.ops, x, h, dp, batch), h, dp, batch)
         cplx = x.dtype.kind == "c"
         if self._one_pass_normal:
-            XE = bk.ops.padded_spectrum(x, self._plans, self.boundary, self.grid_shape)
+            XE = bk.ops.padded_spectrum(x, self.plans, self.boundary, self.grid_shape)
             return self._adjoint_spec(_times_fresh(XE, self._power(x.dtype)), cplx, conj_done=True)
         # E^T E C P x: the window zeroed in place, not cropped and zero-filled again.
-        return self._adjoint_spec(bk.ops.masked_spectrum(self._forward_spec(x), self.grid_shape,
+        return self._adjoint_spec(bk.ops.masked_spectrum(self.forward_spectrum(x), self.grid_shape,
                                                          self.spatial_out_shape, cplx), cplx)
 
     # -------------------------------------------------------------- matrix
@@ -523,7 +559,7 @@ class ConvolutionOperator:
     def _coo_pattern(self):
         """(row, col, tap) triples of the matrix, from source_index alone."""
         per_axis = []
-        for p in self._plans:
+        for p in self.plans:
             t = np.arange(p.m)[:, None]
             i = np.arange(p.k)[None, :]
             pos = t + p.shift - i - p.L  # position relative to x[0]

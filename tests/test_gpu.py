@@ -378,9 +378,9 @@ def test_no_host_round_trip_in_the_operator_passes(rng):
                                boundary="symmetric")
     x = cp.asarray(rng.standard_normal((2, 20, 18)))
     for op in (A, B):  # warm up: spectra, kernels, cuFFT plans
-        y = op._forward(x, (2,))
-        op._adjoint(y, (2,))
-        op._normal(x, (2,))
+        y = op.forward_unchecked(x, (2,))
+        op.adjoint_unchecked(y, (2,))
+        op.normal_unchecked(x, (2,))
     with warnings.catch_warnings():
         # Deprecated since CuPy v10, and still the one detector of host syncs it has;
         # CuPy 13.0-14.2 also warn (UserWarning) that it will be removed.
@@ -389,9 +389,9 @@ def test_no_host_round_trip_in_the_operator_passes(rng):
                                 category=UserWarning)
         with cupyx.allow_synchronize(False):
             for op in (A, B):
-                y = op._forward(x, (2,))
-                op._adjoint(y, (2,))
-                op._normal(x, (2,))
+                y = op.forward_unchecked(x, (2,))
+                op.adjoint_unchecked(y, (2,))
+                op.normal_unchecked(x, (2,))
     cp.cuda.get_current_stream().synchronize()
 
 

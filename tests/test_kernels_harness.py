@@ -457,9 +457,9 @@ def test_fused_cg_loop_preconditioned_deconvolution(lib, rng, dtype):
     y = rng.standard_normal((3, 20, 18)).astype(dtype)
     prob = dv.build_problem(y, h, lam=[1e-2, 3e-2, 1e-1], reg="laplacian", mode="valid",
                             boundary="zero", dtype=dtype)
-    normal = dv._make_normal(BK, prob, prob.dtype)
+    normal = prob.normal_operator()
     M = make_preconditioner(BK, prob, prob.dtype, "band")
-    b = np.ascontiguousarray(dv._rhs(prob))
+    b = np.ascontiguousarray(prob.rhs())
     x0 = rng.standard_normal(b.shape).astype(dtype) * 0.1
     (x1, d1), (x2, d2), _ = _run_both(lib, normal, b, 2, dtype, M=M, x0=x0,
                                       rtol=1e-4 if dtype == np.float32 else 1e-7, maxiter=500)

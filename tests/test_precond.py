@@ -24,7 +24,7 @@ def test_band_stencil_matches_brute_force(rng, mode, boundary, axis):
     op = gd.ConvolutionOperator(g, n, mode, boundary=boundary)
     w = 5
     rows = band_rows(n[axis], w)
-    S = band_stencil(g, op._plans[axis], op.boundary, axis, rows)
+    S = band_stencil(g, op.plans[axis], op.boundary, axis, rows)
     kt = g.shape[1 - axis]
     j0 = n[1 - axis] // 2
     for rp in range(2 * w):

@@ -183,11 +183,11 @@ def dct_spectra(bk, A, terms, n, ndim):
     `terms` are regularizer terms (weight, identity or operator); ``Lambda_R``
     is None without any. The operators must be DCT-diagonal (checked by the caller).
     """
-    lam_A = dct_eigenvalues(bk, lambda d: A._forward(d, (1,)), n, ndim)
+    lam_A = dct_eigenvalues(bk, lambda d: A.forward_unchecked(d, (1,)), n, ndim)
     lam_R = None
     for t in terms:
         L = bk.xp.ones(n) if t.is_identity else dct_eigenvalues(
-            bk, lambda d, op=t.op: op._normal(d, (1,)), n, ndim)
+            bk, lambda d, op=t.op: op.normal_unchecked(d, (1,)), n, ndim)
         lam_R = t.weight * L if lam_R is None else lam_R + t.weight * L
     return lam_A, lam_R
 

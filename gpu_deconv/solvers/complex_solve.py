@@ -52,8 +52,6 @@ def solve_split(prob, method, solve, *, rtol, maxiter, precondition, return_info
     iterations the larger, converged / breakdown / stagnated of either part, and the
     residual ``||b - M x|| / ||b||`` of the complex system, computed afresh.
     """
-    from .deconvolve import _residual
-
     xp = prob.bk.xp
     sub = real_problem(prob)
     xs, info = solve(sub, method, rtol, maxiter, precondition, return_info, batch_size)
@@ -67,7 +65,7 @@ def solve_split(prob, method, solve, *, rtol, maxiter, precondition, return_info
         return x, None
     shape = tuple(prob.batch)
     if return_info:
-        res = _residual(prob, x.reshape((prob.B,) + tuple(prob.n))).reshape(shape)
+        res = prob.residual(x.reshape((prob.B,) + tuple(prob.n))).reshape(shape)
     else:  # only for the ConvergenceWarning: the larger part's bounds the combined residual
         res = np.maximum(*np.asarray(info.residual).reshape((2,) + shape))
 

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _cache, _memory
 from .._backend import get_backend, is_cupy_array
 from .._padding import input_shape
-from .._spectra import abs2, kernel_power, weighted_power
+from .._spectra import kernel_power, weighted_power
 from .._typing import METHODS, Array, ArrayLike, Boundary, Convention, DTypeLike, Method, Mode, PerImage, Reg
 from .._validation import (
     as_array,
@@ -30,7 +30,7 @@ from ..operators import ConvolutionOperator
 from . import closed_form as cf
 from . import lam as lamsel
 from ._scaling import balance_scales, unscale
-from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg, pow2_scale
+from .cg import DEFAULT_MAXITER, ConvergenceWarning, SolveInfo, batched_cg
 from .precond import image_params, make_preconditioner
 from .problem import Problem, solve_in_chunks
 from .regularizers import build_operators, is_centre_symmetric, parse_reg
@@ -126,40 +126,6 @@ def _fft_eligible(prob):
 def _reg_power(bk, prob, dtype):
     """R = sum_i w_i |G_i|^2 on the data grid (circular), or None without regularizer."""
     return weighted_power(bk, prob.reg_terms(), prob.A.grid_shape, dtype)
-
-
-def _normal_reg(prob, x):
-    """sum_i w_i G_i^T G_i x (without lam)."""
-    out = None
-    for t in prob.terms:
-        v = x if t.is_identity else t.op._normal(x, x.shape[:1])
-        v = v * t.weight if t.weight != 1 else v
-        out = v if out is None else out + v
-    return out
-
-
-def _make_normal(bk, prob, dtype):
-    A, nd = prob.A, prob.ndim
-    lam = cf.image_scalars(bk, prob.lam, real_dtype(dtype), nd)
-    alpha = cf.image_scalars(bk, prob.alpha, real_dtype(dtype), nd)
-    use_alpha = prob.use_alpha
-
-    def apply(x):
-        # The regularizer first, scaled in place: at most one extra array alive during A's normal.
-        if prob.use_reg:
-            out = _normal_reg(prob, x)
-            if out is x:
-                out = lam * out
-            else:
-                out *= lam
-            out += A._normal(x, x.shape[:1])
-        else:
-            out = A._normal(x, x.shape[:1])
-        if use_alpha:
-            out += alpha * x
-        return out
-
-    return apply
 
 
 def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Reg = None, mode: Mode = "same",
@@ -561,23 +527,16 @@ def _dct_filters(prob, stats=None, lam=None, alpha=None):
 
 
 def _closed_info(prob, method, x, rtol):
-    res = _residual(prob, x)
+    res = prob.residual(x)
     conv = np.ones(prob.B, bool) if method != "fft_approx" else res <= rtol
     shape = prob.batch
     return SolveInfo(method, np.zeros(shape, np.int64), res.reshape(shape), conv.reshape(shape),
                      np.zeros(shape, bool), np.zeros(shape, bool))
 
 
-def _rhs(prob):
-    b = prob.A._adjoint(prob.y, (prob.B,))
-    if prob.use_alpha:
-        b = b + cf.image_scalars(prob.bk, prob.alpha, real_dtype(prob.dtype), prob.ndim) * prob.z
-    return b
-
-
 def _solve_cg(prob, rtol, maxiter, precondition, return_info):
     bk = prob.bk
-    normal = _make_normal(bk, prob, prob.dtype)
+    normal = prob.normal_operator()
     pprob = prob if prob.lam_precond is None else prob.replace(lam=prob.lam_precond)
     if prob.dtype.kind == "c" and precondition:  # complex kernels: the circulant part, on full FFTs
         from .complex_solve import complex_circulant
@@ -585,7 +544,7 @@ def _solve_cg(prob, rtol, maxiter, precondition, return_info):
         M = complex_circulant(bk, pprob)
     else:
         M = make_preconditioner(bk, pprob, prob.dtype, precondition) if precondition else None
-    x, d = batched_cg(bk, normal, _rhs(prob), prob.ndim, x0=prob.x0, rtol=rtol, maxiter=maxiter, M=M,
+    x, d = batched_cg(bk, normal, prob.rhs(), prob.ndim, x0=prob.x0, rtol=rtol, maxiter=maxiter, M=M,
                       keep_history=return_info, overwrite_b=True)
     shape = prob.batch
     info = SolveInfo("cg", d["iterations"].reshape(shape), d["residual"].reshape(shape),
@@ -593,21 +552,6 @@ def _solve_cg(prob, rtol, maxiter, precondition, return_info):
                      d["stagnated"].reshape(shape), rtol=rtol, preconditioned=M is not None,
                      history=d["history"])
     return x, info
-
-
-def _residual(prob, x):
-    """||b - M x|| / ||b|| per image (float64 host array)."""
-    bk, nd = prob.bk, prob.ndim
-    b = _rhs(prob)
-    r = b - _make_normal(bk, prob, prob.dtype)(x)
-    # One exact power-of-two factor per image, so that the squares below cannot
-    # overflow (or underflow to 0) for data far from 1 in magnitude.
-    s = pow2_scale(bk.xp, b, nd)[(Ellipsis,) + (None,) * nd]
-    b, r = b * s, r * s
-    axes = tuple(range(-nd, 0))
-    num = bk.asnumpy(bk.xp.sqrt(abs2(r).sum(axis=axes))).astype(np.float64)
-    den = bk.asnumpy(bk.xp.sqrt(abs2(b).sum(axis=axes))).astype(np.float64)
-    return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
 
 
 # ------------------------------------------------------------ choosing lam

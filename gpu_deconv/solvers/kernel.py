@@ -28,7 +28,7 @@ from .._validation import (
     quiet_fp,
     work_dtype,
 )
-from ..conv import _prepare
+from ..operators import ConvolutionOperator
 
 __all__ = ["estimate_kernel"]
 
@@ -41,7 +41,7 @@ MAX_KERNEL_TAPS = 4096
 
 def _tap_offsets(op):
     """Per axis: the grid index (shift - i) mod G that tap i reads."""
-    return [(p.shift - np.arange(p.k)) % p.G for p in op._plans]
+    return [(p.shift - np.arange(p.k)) % p.G for p in op.plans]
 
 
 def _read_taps(xp, corr, offsets, nd):
@@ -58,7 +58,7 @@ def _extended_for_windows(xp, x, xe, op):
     if op.boundary != "zero":
         return xe  # pad() already used exactly these widths
     widths = [(0, 0)] * (x.ndim - op.ndim)
-    for p in op._plans:
+    for p in op.plans:
         j0 = p.shift
         widths.append((p.k - 1 - j0, max(0, j0 + p.m - p.n)))
     return xp.pad(x, widths)
@@ -69,10 +69,10 @@ def _window_of_shift(xp, xw, op, tap):
     nd = len(tap)
     if op.mode == "circular":
         v = xw
-        for ax, (p, i) in enumerate(zip(op._plans, tap)):
+        for ax, (p, i) in enumerate(zip(op.plans, tap)):
             v = xp.roll(v, -(p.shift - i), axis=ax - nd)
         return v
-    return xw[(Ellipsis,) + tuple(slice(p.k - 1 - i, p.k - 1 - i + p.m) for p, i in zip(op._plans, tap))]
+    return xw[(Ellipsis,) + tuple(slice(p.k - 1 - i, p.k - 1 - i + p.m) for p, i in zip(op.plans, tap))]
 
 
 def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *, lam: float = 0.0,
@@ -132,7 +132,7 @@ def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *
     bk = get_backend(x=x, y=y)
     xp = bk.xp
     probe = xp.zeros(kernel_shape, dtype=np.float64)
-    op, x = _prepare(x, probe, mode, boundary, convention, None, dtype)
+    op, x = ConvolutionOperator.prepare(x, probe, mode, boundary, convention, None, dtype)
     nd = op.ndim
     y = as_float_array(bk, "y", y, x.dtype, allow_empty=op._empty, allow_complex=True)
     # Complex x or y: the complex problem (X^H X Hermitian), in the precision of x.
@@ -174,7 +174,7 @@ def _solve_kernel(bk, x, y, op, kernel_shape, lam, batch, lam_user=None):
     x = xp.broadcast_to(x, batch + op.spatial_in_shape)
     y = xp.broadcast_to(y, batch + op.spatial_out_shape)
     grid = op.grid_shape
-    xe = bk.ops.pad(x, op._plans, op.boundary)
+    xe = bk.ops.pad(x, op.plans, op.boundary)
     cplx = x.dtype.kind == "c"
     XE = bk.fft_any(xe, grid)
     offsets = _tap_offsets(op)

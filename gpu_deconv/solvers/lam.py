@@ -545,7 +545,7 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur_points, *, target=None, n
         lam = 10.0 ** np.asarray(t, f64)
         with_probes = gcv and ratio is None
         state = solve_at(lam, x0, with_probes)
-        r = prob.A._forward(state[:, 0], (B,)) - prob.y
+        r = prob.A.forward_unchecked(state[:, 0], (B,)) - prob.y
         res = bk.asnumpy((r.astype(f64) ** 2).sum(axis=axes)).astype(f64)
         if gcv:
             Ns = xp.asarray(lam.reshape(-1, 1)) * cv_R + alpha_b
@@ -553,7 +553,8 @@ def refine_exact(prob, criterion, lam_s, solve_at, sur_points, *, target=None, n
             trAs = bk.asnumpy(fs.sum(axis=1))
             if with_probes:
                 u = state[:, 1:].reshape((B * nprobes,) + n)
-                Hu = prob.A._forward(u, (B * nprobes,)).reshape((B, nprobes) + tuple(prob.m)).astype(f64)
+                Hu = prob.A.forward_unchecked(u, (B * nprobes,))
+                Hu = Hu.reshape((B, nprobes) + tuple(prob.m)).astype(f64)
                 vAv = bk.asnumpy((Hu * V[None]).sum(axis=axes))  # (B, P)
                 vAsv = bk.asnumpy(xp.einsum("bk,pk->bp", fs, CV2))
                 trA = trAs + (vAv - vAsv).mean(axis=1)

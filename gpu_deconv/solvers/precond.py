@@ -260,7 +260,7 @@ def _band_inverses(bk, prob, dtype):
         rows = band_rows(prob.n[axis], w)
         nr = rows.size
         # Data term: one stencil per kernel.
-        Bd = np.stack([_symbol(band_stencil(k, A._plans[axis], A.boundary, axis, rows), grid_t)
+        Bd = np.stack([_symbol(band_stencil(k, A.plans[axis], A.boundary, axis, rows), grid_t)
                        for k in kernels])  # (1 or B, F, nr, nr)
         Btot = np.broadcast_to(Bd, (Bimg,) + Bd.shape[1:]).copy()
         if prob.use_reg:
@@ -269,7 +269,7 @@ def _band_inverses(bk, prob, dtype):
                 if t.is_identity:
                     S = _identity_stencil(nr, len(tang))
                 else:
-                    S = band_stencil(_host(bk, t.op.kernel), t.op._plans[axis], t.op.boundary, axis, rows)
+                    S = band_stencil(_host(bk, t.op.kernel), t.op.plans[axis], t.op.boundary, axis, rows)
                 Bt = t.weight * _symbol(S, grid_t)
                 Br = Bt if Br is None else Br + Bt
             for i, li in enumerate(lam):  # per image, in place: no (B, F, nr, nr) temporaries

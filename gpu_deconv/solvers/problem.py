@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from .. import _memory
+from .._spectra import abs2
+from .._validation import real_dtype
 from ..operators import ConvolutionOperator
-from .cg import SolveInfo
+from .cg import SolveInfo, pow2_scale
+from .closed_form import image_scalars
 
 __all__ = ["Problem", "solve_in_chunks"]
 
@@ -131,6 +134,61 @@ class Problem:
             regs = tuple((t.weight, "I" if t.is_identity else t.op.cache_key()) for t in self.terms)
         return tag + (self.A.cache_key(), regs, self.lam.tobytes() if self.use_reg else b"",
                       self.alpha.tobytes(), np.dtype(self.dtype if dtype is None else dtype).str)
+
+    def normal_operator(self, dtype=None):
+        """``x -> (A^H A + lam sum_i w_i G_i^H G_i + alpha I) x``, per image, for x of shape (B, *n)."""
+        bk, A, nd = self.bk, self.A, self.ndim
+        rdt = real_dtype(self.dtype if dtype is None else dtype)
+        lam = image_scalars(bk, self.lam, rdt, nd)
+        alpha = image_scalars(bk, self.alpha, rdt, nd)
+        use_alpha = self.use_alpha
+
+        def apply(x):
+            # The regularizer first, scaled in place: at most one extra array alive during A's normal.
+            if self.use_reg:
+                out = self._normal_reg(x)
+                if out is x:
+                    out = lam * out
+                else:
+                    out *= lam
+                out += A.normal_unchecked(x, x.shape[:1])
+            else:
+                out = A.normal_unchecked(x, x.shape[:1])
+            if use_alpha:
+                out += alpha * x
+            return out
+
+        return apply
+
+    def _normal_reg(self, x):
+        """sum_i w_i G_i^H G_i x (without lam)."""
+        out = None
+        for t in self.terms:
+            v = x if t.is_identity else t.op.normal_unchecked(x, x.shape[:1])
+            v = v * t.weight if t.weight != 1 else v
+            out = v if out is None else out + v
+        return out
+
+    def rhs(self):
+        """``A^H y + alpha z``, shape (B, *n)."""
+        b = self.A.adjoint_unchecked(self.y, (self.B,))
+        if self.use_alpha:
+            b = b + image_scalars(self.bk, self.alpha, real_dtype(self.dtype), self.ndim) * self.z
+        return b
+
+    def residual(self, x):
+        """``||b - M x|| / ||b||`` per image (float64 host array (B,)) of the normal equations ``M x = b``."""
+        bk, nd = self.bk, self.ndim
+        b = self.rhs()
+        r = b - self.normal_operator()(x)
+        # One exact power-of-two factor per image, so that the squares below cannot
+        # overflow (or underflow to 0) for data far from 1 in magnitude.
+        s = pow2_scale(bk.xp, b, nd)[(Ellipsis,) + (None,) * nd]
+        b, r = b * s, r * s
+        axes = tuple(range(-nd, 0))
+        num = bk.asnumpy(bk.xp.sqrt(abs2(r).sum(axis=axes))).astype(np.float64)
+        den = bk.asnumpy(bk.xp.sqrt(abs2(b).sum(axis=axes))).astype(np.float64)
+        return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
 
     def reg_terms(self):
         """``(w_i, kernel or None for the identity)`` of the regularizers in use (none without lam > 0)."""
