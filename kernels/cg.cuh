@@ -20,6 +20,12 @@ GD_HD double gd_dot_thread(const T* u, const T* v, gd_i64 n, gd_i64 first, gd_i6
 // x += a p; r -= a q at element i of one image; returns the new r_i^2.
 template <typename T>
 GD_HD double gd_cg_update_xr_at(T* x, T* r, const T* p, const T* q, T a, gd_i64 i) {
+    // A step of 0 (a stopped image) leaves x and r as they are, even where p or q
+    // hold inf or NaN (an image that broke down): 0 * inf would be NaN.
+    if (a == (T)0) {
+        const T ri = r[i];
+        return (double)ri * (double)ri;
+    }
     x[i] += a * p[i];
     const T ri = r[i] - a * q[i];
     r[i] = ri;

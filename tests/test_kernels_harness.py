@@ -397,6 +397,26 @@ def test_dot_and_updates(lib, rng, dtype, n):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_update_leaves_a_stopped_image_untouched(lib, rng, dtype):
+    # A step of 0 must leave x and r exactly as they are even where p and q hold inf/NaN (an
+    # image that broke down): batched_cg zeroes those vectors only after the iteration's one
+    # host read. Multiplying instead (x += 0 * inf) would put NaN into x.
+    batch, n = (3,), 257
+    ops = HarnessCGOps(lib, batch, (n,), dtype)
+    x0, r0, p, q = (rng.standard_normal(batch + (n,)).astype(dtype) for _ in range(4))
+    p[1, ::3], q[1, 1::3] = np.inf, np.nan
+    a = np.array([0.5, 0.0, -0.25])
+    x, r = x0.copy(), r0.copy()
+    rr = ops.update_xr(x, r, p, q, a)
+    np.testing.assert_array_equal(x[1], x0[1])
+    np.testing.assert_array_equal(r[1], r0[1])
+    assert rr[1] == pytest.approx((r0[1].astype(np.float64) ** 2).sum(), rel=1e-12)
+    a_t = a.astype(dtype)[[0, 2], None]
+    np.testing.assert_allclose(x[[0, 2]], x0[[0, 2]] + a_t * p[[0, 2]], rtol=RTOL[np.dtype(dtype)] * 10,
+                               atol=1e-6)
+
+
 def test_reduction_layout_and_names():
     assert _cuda.reduction_layout(1, 1) == (1, (1, 1))
     assert _cuda.reduction_layout(10**7, 1) == (_cuda.launch.MAX_PARTIALS, (_cuda.launch.MAX_PARTIALS, 1))

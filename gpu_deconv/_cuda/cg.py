@@ -34,6 +34,11 @@ class CGKernels:
         Working precision of the vectors.
     """
 
+    #: ``update_xr`` leaves an image whose step ``a`` is 0 untouched (x, r), so
+    #: :func:`~gpu_deconv.solvers.cg.batched_cg_fused` may zero a broken image's
+    #: vectors after the iteration's one host read instead of before its update.
+    skips_zero_steps = True
+
     def __init__(self, batch, n, dtype):
         cp = cupy_module()
         self._cp = cp

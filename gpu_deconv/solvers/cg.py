@@ -217,7 +217,14 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     pq = xp.empty_like(rz)
     rr = xp.empty_like(rz)
     n_apply = 0
-    while bool(active.any()) and n_apply < maxiter:
+    # Host reads of per-image flags. Where the update pass leaves the images whose
+    # step is 0 untouched (ops.skips_zero_steps: the GPU's kernels), an iteration
+    # reads its flags once, at its end, and repairs a breakdown after that read;
+    # elsewhere (array expressions, whose reads cost nothing on the host) a
+    # breakdown is repaired before the update, as it must be there.
+    deferred = bool(getattr(ops, "skips_zero_steps", False))
+    active_any = bool(active.any())
+    while active_any and n_apply < maxiter:
         q = vec(A(p))
         n_apply += 1
         ops.dot(p, q, out=pq)
@@ -226,9 +233,11 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         # NaN into x: the image stops at its last finite iterate instead, and its
         # r and p are zeroed so that the steps of 0 that follow add exactly 0.
         bad = active & ~((pq > 0) & xp.isfinite(step))
-        if bool(bad.any()):
-            breakdown |= bad
-            active &= ~bad
+        breakdown |= bad
+        active &= ~bad
+        if deferred:
+            broken = bad
+        elif bool(bad.any()):
             r[bad] = 0
             p[bad] = 0
         a = xp.where(active, step, 0)
@@ -237,17 +246,28 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         iters += active
         res = xp.sqrt(rr) / safe_bnorm
         bad = active & ~xp.isfinite(res)
-        if bool(bad.any()):
-            breakdown |= bad
-            active &= ~bad
+        breakdown |= bad
+        active &= ~bad
+        if deferred:
+            broken = broken | bad
+        elif bool(bad.any()):
             r[bad] = 0
             p[bad] = 0
         if keep_history:
             history.append(bk.asnumpy(res))
         done = active & (res <= rtol)
+        if deferred:
+            # The iteration's one host read: a breakdown, an image below rtol, any image left.
+            broken_any, done_any, active_any = (bool(v) for v in bk.asnumpy(
+                xp.stack([broken.any(), done.any(), active.any()])))
+            if broken_any:
+                r[broken] = 0
+                p[broken] = 0
+        else:
+            done_any = bool(done.any())
         restart = None
         restarted = False
-        if bool(done.any()):
+        if done_any:
             # The recursive residual drifts from the true one; confirm before
             # declaring an image converged, and restart from the true residual if not.
             rt = vec(b - A(x))
@@ -273,7 +293,9 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
             del rt
         if callback is not None:
             callback(x)
-        if not bool(active.any()):
+        if done_any or not deferred:
+            active_any = bool(active.any())
+        if not active_any:
             break
         if M is None:
             z = r
