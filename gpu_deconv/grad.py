@@ -48,7 +48,8 @@ def _inputs(op, x, y, allow_empty):
 
 
 def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
-           convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
+           convention: Convention = "scipy", ndim: int | None = None,
+           dtype: DTypeLike | None = None) -> Array:
     """Gradient of ``1/2 ||h * x - y||^2`` with respect to the image `x`.
 
     ``H^H (H x - y)`` with H the convolution of :func:`convolve` in the given
@@ -94,7 +95,8 @@ def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, bou
 
 
 def grad_h(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
-           convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
+           convention: Convention = "scipy", ndim: int | None = None,
+           dtype: DTypeLike | None = None) -> Array:
     """Gradient of ``1/2 ||h * x - y||^2`` with respect to the kernel `h`.
 
     For a batch of images and one kernel the gradient sums over the batch;

@@ -121,7 +121,7 @@ class ConvolutionOperator:
 
     def __init__(self, h: ArrayLike, in_shape: int | tuple[int, ...], mode: Mode = "full", *,
                  boundary: Boundary = "zero", convention: Convention = "scipy", ndim: int | None = None,
-                 dtype: DTypeLike = None, axes=None) -> None:
+                 dtype: DTypeLike | None = None, axes=None) -> None:
         check_mode_boundary_convention(mode, boundary, convention)
         dtype = check_dtype_arg(dtype)
         bk = get_backend(h=h)
@@ -176,7 +176,7 @@ class ConvolutionOperator:
         # E^T E is the identity on everything the circular product can reach
         # (so normal() needs one FFT pair) for circular, and for full + zero.
         self._one_pass_normal = mode == "circular" or (mode == "full" and boundary == "zero")
-        self._spectra = {}
+        self._spectra: dict[object, Array] = {}  # by dtype, or (what, dtype) for |H|^2 and conj(H)
         self._key = None
         self._direct = None  # resolved lazily: a DirectPlan, or False for the FFT path
 
@@ -251,7 +251,7 @@ class ConvolutionOperator:
         return (self._key, self.ndim, self.spatial_in_shape, self.mode, self.boundary, self.convention,
                 self.grid_shape, self._shifts())
 
-    def spectrum(self, dtype: DTypeLike = None) -> Array:
+    def spectrum(self, dtype: DTypeLike | None = None) -> Array:
         """Transfer function on :attr:`grid_shape` for data of `dtype` (default: the kernel's).
 
         For real data (float32/float64, real kernel) the half spectrum of

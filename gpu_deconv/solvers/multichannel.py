@@ -34,7 +34,7 @@ __all__ = ["solve_multichannel"]
 
 
 def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike, *,
-                       convention: Convention = "scipy", dtype: DTypeLike = None) -> Array:
+                       convention: Convention = "scipy", dtype: DTypeLike | None = None) -> Array:
     """Closed-form multi-channel proximal solve (DCDicL / convolutional sparse coding).
 
     Minimises ``1/2 ||sum_c d_c * x_c - y||^2 + alpha/2 ||x - z||^2`` over the
