@@ -1,8 +1,9 @@
-"""Gradients of ``f = 1/2 ||h * x - y||^2`` (seed 001), for every mode and boundary.
+"""Gradients of ``f = 1/2 ||h * x - y||^2`` in the image and in the kernel, for every mode and boundary.
 
 For complex data (any of x, h, y complex) f is still real and the gradients
 are the conjugate (Wirtinger) gradients ``2 df/d conj(x) = H^H (H x - y)``:
-the direction of steepest ascent, with ``df = Re <g, dx>`` (seeds 002).
+the direction of steepest ascent, with ``df = Re <g, dx>`` (Brandwood, "A complex
+gradient operator and its application in adaptive array theory", IEE Proceedings F 130(1), 1983).
 
 Both are derived from the operator ``H = E C P`` rather than from a formula
 per mode: ``grad_x = H^T (H x - y)``, and ``grad_h = X^T (H x - y)`` where X

@@ -1,6 +1,6 @@
 """ConvolutionOperator: a convolution mode as a linear operator with its exact adjoint.
 
-Every mode is ``H = E C P`` (seed 000): P extends the input by the boundary
+Every mode is ``H = E C P``: P extends the input by the boundary
 model, C is a circular convolution on an FFT grid long enough that nothing
 wraps into the output window, E extracts the window. The adjoint is
 ``P^T C^H E^T``: zero-fill the output into the grid, correlate (multiply by
@@ -400,7 +400,7 @@ class ConvolutionOperator:
     # trailing spatial shape, `batch` the broadcast of its batch and the kernel batch.
     # Nothing is checked again and the output is not scanned for overflow.
     def forward_unchecked(self, x, batch):
-        """``E C P x`` for a validated `x` (see the comment above)."""
+        """``E C P x`` for a validated `x`, batch shape `batch`: no check, no overflow scan."""
         xp = self._bk.xp
         x = self._promote(x)
         if self._empty:
@@ -417,8 +417,8 @@ class ConvolutionOperator:
     def forward_spectrum(self, x, keep_input=False):
         """Spectrum of C P x (before extraction); optionally also that of P x.
 
-        `x` is in the working dtype (see :meth:`_promote`): real data take the
-        half spectrum, complex data the full one.
+        `x` is in the working dtype (complex when the kernel is): real data
+        take the half spectrum, complex data the full one.
         """
         XE = self._bk.ops.padded_spectrum(x, self.plans, self.boundary, self.grid_shape)
         H = self.spectrum(x.dtype)

@@ -181,7 +181,7 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
         ``"dct"`` for same + symmetric with centre-symmetric odd kernels --
         and preconditioned CG otherwise. ``"fft_approx"`` is Fourier division
         on the grid the data implies: an *approximation* outside circular
-        (for full, seed 000's recipe), never chosen by ``"auto"``.
+        (for full: divide on the ``n + k - 1`` grid, keep ``n`` samples), never chosen by ``"auto"``.
     rtol : float, optional
         CG stops an image when the normal-equation residual
         ``||b - M x|| <= rtol ||b||``. Default 1e-6.

@@ -1,4 +1,4 @@
-"""estimate_kernel: the kernel-side least-squares problem (seed 001's gradient in h, seed 002's min over K).
+"""estimate_kernel: least squares in the kernel for known images (``X h = h * x``; gradient ``X^T (Xh - y)``).
 
 ``argmin_h 1/2 sum_b ||h * x_b - y_b||^2 + lam/2 ||h||^2`` over kernels of a
 given shape. The unknown has only K = prod(kernel_shape) entries, so the
