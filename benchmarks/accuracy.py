@@ -1,4 +1,4 @@
-"""Seed 000's debate, settled numerically: exact least squares vs Fourier division, per mode and boundary.
+"""Is Fourier division the least-squares solution? Exact least squares vs Fourier division, per model.
 
 For each model (mode x boundary) the synthetic scene is blurred with that
 model, noised, and solved twice with the same regularizer: exactly
@@ -26,7 +26,7 @@ BOUNDARIES = ("zero", "periodic", "symmetric", "reflect", "replicate")
 
 
 def one_d_full_case():
-    """The small 1-D full-mode case of the issue: how far is the seed's 'trivial closed form'?"""
+    """A small 1-D full-mode case: how far is Fourier division on the n + k - 1 grid from least squares?"""
     rows = []
     rng = np.random.default_rng(0)
     h = np.array([1.0, 2.0, 1.5, 0.5])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -144,6 +145,8 @@ class Backend:
     """
 
     __slots__ = ("name", "xp", "_fft", "_ops")
+    #: numpy or cupy (the union of two modules, which mypy cannot spell without CuPy installed).
+    xp: Any
 
     def __init__(self, name):
         self.name = name

@@ -224,7 +224,7 @@ def finite_result(bk, out, what, culprits):
     return out
 
 
-def check_shape(name, shape):
+def check_shape(name: str, shape) -> tuple[int, ...]:
     """A shape: a tuple of positive integers."""
     if isinstance(shape, (numbers.Integral, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)

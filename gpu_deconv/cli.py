@@ -480,7 +480,8 @@ def _flush(args, pending: list[_Job], transform: _Transform, rep: _Reporter, sta
             res = np.moveaxis(res, 0, -1)
         try:
             j.dst.parent.mkdir(parents=True, exist_ok=True)
-            io.write_image(j.dst, io.to_dtype(res, j.out_dtype), force=args.force, format=j.fmt,
+            # out_dtype is set by _read_job before a job joins `pending`.
+            io.write_image(j.dst, io.to_dtype(res, j.out_dtype), force=args.force, format=j.fmt,  # type: ignore[arg-type]
                            colour=bool(j.image is not None and j.image.colour))
         except Exception as exc:  # one file that cannot be written must not stop the batch
             _fail(rep, stats, j, f"{j.src}: cannot write {j.dst} ({one_line(exc)})")
@@ -729,7 +730,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     y_same += (0.01 * rng.standard_normal(y_same.shape)).astype(dt)
     y_valid = convolve(x, h, "valid")
     y_valid += (0.01 * rng.standard_normal(y_valid.shape)).astype(dt)
-    kw = dict(lam=1e-3, reg="laplacian")
+    kw: dict[str, Any] = dict(lam=1e-3, reg="laplacian")
     cases = [
         ("convolve same (zero boundary)", lambda X, Yc, Yv, H: convolve(X, H, "same")),
         ("convolve valid", lambda X, Yc, Yv, H: convolve(X, H, "valid")),

@@ -111,7 +111,7 @@ def _convolve(x, h, mode, boundary, convention, ndim, dtype, axes):
 
 
 def convolve(x: ArrayLike, h: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
-             convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None,
+             convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike | None = None,
              axes=None) -> Array:
     """N-D convolution of a batch of images with a kernel, in any mode and boundary model.
 
@@ -190,7 +190,7 @@ def convolve(x: ArrayLike, h: ArrayLike, mode: Mode = "full", *, boundary: Bound
 
 
 def correlate(x: ArrayLike, h: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
-              convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None,
+              convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike | None = None,
               axes=None) -> Array:
     """N-D correlation: :func:`convolve` with the conjugated kernel reversed in every spatial axis.
 

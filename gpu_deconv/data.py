@@ -32,7 +32,7 @@ def motion_kernel(length=9, angle=30.0, size=None, dtype=np.float64):
     than multiples of 90 degrees, not symmetric in each axis: ``same`` +
     ``symmetric`` then has no DCT closed form and is solved by PCG. Its
     transfer function has near-zeros (a sinc along the motion direction),
-    the hard case for the CG preconditioner (see DESIGN.md).
+    the hard case for the CG preconditioner (README: preconditioned CG).
 
     Parameters
     ----------

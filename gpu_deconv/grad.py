@@ -1,8 +1,9 @@
-"""Gradients of ``f = 1/2 ||h * x - y||^2`` (seed 001), for every mode and boundary.
+"""Gradients of ``f = 1/2 ||h * x - y||^2`` in the image and in the kernel, for every mode and boundary.
 
 For complex data (any of x, h, y complex) f is still real and the gradients
 are the conjugate (Wirtinger) gradients ``2 df/d conj(x) = H^H (H x - y)``:
-the direction of steepest ascent, with ``df = Re <g, dx>`` (seeds 002).
+the direction of steepest ascent, with ``df = Re <g, dx>`` (Brandwood, "A complex
+gradient operator and its application in adaptive array theory", IEE Proceedings F 130(1), 1983).
 
 Both are derived from the operator ``H = E C P`` rather than from a formula
 per mode: ``grad_x = H^T (H x - y)``, and ``grad_h = X^T (H x - y)`` where X
@@ -48,7 +49,8 @@ def _inputs(op, x, y, allow_empty):
 
 
 def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
-           convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
+           convention: Convention = "scipy", ndim: int | None = None,
+           dtype: DTypeLike | None = None) -> Array:
     """Gradient of ``1/2 ||h * x - y||^2`` with respect to the image `x`.
 
     ``H^H (H x - y)`` with H the convolution of :func:`convolve` in the given
@@ -94,7 +96,8 @@ def grad_x(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, bou
 
 
 def grad_h(x: ArrayLike, h: ArrayLike, y: ArrayLike, mode: Mode = "full", *, boundary: Boundary = "zero",
-           convention: Convention = "scipy", ndim: int | None = None, dtype: DTypeLike = None) -> Array:
+           convention: Convention = "scipy", ndim: int | None = None,
+           dtype: DTypeLike | None = None) -> Array:
     """Gradient of ``1/2 ||h * x - y||^2`` with respect to the kernel `h`.
 
     For a batch of images and one kernel the gradient sums over the batch;

@@ -42,7 +42,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -431,7 +431,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     return dst
 
 
-def _check_pil_shape(path: Path, fmt: str, data: np.ndarray, colour: bool) -> None:
+class _ShapeAndDtype(Protocol):
+    """What the PNG/JPEG check reads of an array (an ndarray, or the CLI's description of one)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def dtype(self) -> np.dtype: ...
+
+
+def _check_pil_shape(path: Path, fmt: str, data: _ShapeAndDtype, colour: bool) -> None:
     name = fmt.upper()
     if data.ndim not in (2, 3) or (data.ndim == 3 and not colour):
         raise ImageFileError(f"{path}: {name} holds one 2-D image (gray or RGB); got shape {data.shape}: "

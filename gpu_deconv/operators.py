@@ -1,6 +1,6 @@
 """ConvolutionOperator: a convolution mode as a linear operator with its exact adjoint.
 
-Every mode is ``H = E C P`` (seed 000): P extends the input by the boundary
+Every mode is ``H = E C P``: P extends the input by the boundary
 model, C is a circular convolution on an FFT grid long enough that nothing
 wraps into the output window, E extracts the window. The adjoint is
 ``P^T C^H E^T``: zero-fill the output into the grid, correlate (multiply by
@@ -121,7 +121,7 @@ class ConvolutionOperator:
 
     def __init__(self, h: ArrayLike, in_shape: int | tuple[int, ...], mode: Mode = "full", *,
                  boundary: Boundary = "zero", convention: Convention = "scipy", ndim: int | None = None,
-                 dtype: DTypeLike = None, axes=None) -> None:
+                 dtype: DTypeLike | None = None, axes=None) -> None:
         check_mode_boundary_convention(mode, boundary, convention)
         dtype = check_dtype_arg(dtype)
         bk = get_backend(h=h)
@@ -176,7 +176,7 @@ class ConvolutionOperator:
         # E^T E is the identity on everything the circular product can reach
         # (so normal() needs one FFT pair) for circular, and for full + zero.
         self._one_pass_normal = mode == "circular" or (mode == "full" and boundary == "zero")
-        self._spectra = {}
+        self._spectra: dict[object, Array] = {}  # by dtype, or (what, dtype) for |H|^2 and conj(H)
         self._key = None
         self._direct = None  # resolved lazily: a DirectPlan, or False for the FFT path
 
@@ -251,7 +251,7 @@ class ConvolutionOperator:
         return (self._key, self.ndim, self.spatial_in_shape, self.mode, self.boundary, self.convention,
                 self.grid_shape, self._shifts())
 
-    def spectrum(self, dtype: DTypeLike = None) -> Array:
+    def spectrum(self, dtype: DTypeLike | None = None) -> Array:
         """Transfer function on :attr:`grid_shape` for data of `dtype` (default: the kernel's).
 
         For real data (float32/float64, real kernel) the half spectrum of
@@ -400,7 +400,7 @@ class ConvolutionOperator:
     # trailing spatial shape, `batch` the broadcast of its batch and the kernel batch.
     # Nothing is checked again and the output is not scanned for overflow.
     def forward_unchecked(self, x, batch):
-        """``E C P x`` for a validated `x` (see the comment above)."""
+        """``E C P x`` for a validated `x`, batch shape `batch`: no check, no overflow scan."""
         xp = self._bk.xp
         x = self._promote(x)
         if self._empty:
@@ -417,8 +417,8 @@ class ConvolutionOperator:
     def forward_spectrum(self, x, keep_input=False):
         """Spectrum of C P x (before extraction); optionally also that of P x.
 
-        `x` is in the working dtype (see :meth:`_promote`): real data take the
-        half spectrum, complex data the full one.
+        `x` is in the working dtype (complex when the kernel is): real data
+        take the half spectrum, complex data the full one.
         """
         XE = self._bk.ops.padded_spectrum(x, self.plans, self.boundary, self.grid_shape)
         H = self.spectrum(x.dtype)

@@ -559,7 +559,8 @@ _PINNED = PinnedMemoryPool()
 class Stream:
     """``cupy.cuda.Stream``: the simulator runs everything at once, synchronisation is bookkeeping."""
 
-    null = None
+    #: The default stream, ``cupy.cuda.Stream.null`` (set once the class exists).
+    null: Stream | None = None
 
     def __init__(self, null=False, non_blocking=False, ptr=None):
         self.ptr = 0

@@ -47,9 +47,9 @@ class SolveInfo:
         estimate; for closed forms it is the residual of the exact solve).
     converged : ndarray of bool
         ``residual <= rtol`` (always True for a closed form that succeeded).
-    breakdown : ndarray of bool
+    breakdown : ndarray of bool, optional
         CG stopped on non-positive curvature or a non-finite value.
-    stagnated : ndarray of bool
+    stagnated : ndarray of bool, optional
         CG stopped because rounding keeps the true residual above `rtol`
         (restarts from the true residual stopped gaining); typical of
         float32 with a tight `rtol`.
@@ -70,8 +70,8 @@ class SolveInfo:
     iterations: np.ndarray
     residual: np.ndarray
     converged: np.ndarray
-    breakdown: np.ndarray = None
-    stagnated: np.ndarray = None
+    breakdown: np.ndarray | None = None
+    stagnated: np.ndarray | None = None
     rtol: float | None = None
     preconditioned: bool = False
     history: list = field(default_factory=list, repr=False)

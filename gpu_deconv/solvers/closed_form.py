@@ -7,8 +7,10 @@
 * the multi-channel proximal problem of DCDicL / convolutional sparse coding:
   a rank-one system per frequency, solved by Sherman-Morrison.
 
-:func:`fourier_division` is the *approximation* of seed 000 for the
-non-circular modes; it is never chosen automatically.
+:func:`fourier_division` (divide on the grid the data implies) is an
+*approximation* for the non-circular modes: their normal matrix ``P^T C^H E^T E C P``
+is not circulant (for full it is Toeplitz), so no DFT diagonalizes it. It is
+never chosen automatically.
 """
 
 from __future__ import annotations
@@ -223,8 +225,9 @@ def apply_dct_filter(bk, W, V, y, z, ndim):
 def fourier_division(bk, y, h, terms_kernels, lam, alpha, z, mode, convention, n, ndim, dtype):
     """Fourier division on the grid the data implies -- an approximation outside circular.
 
-    * full: seed 000's recipe: grid = y's size n + k - 1, kernel at the
-      origin, divide, keep the first n samples per axis.
+    * full: grid = y's size n + k - 1, kernel at the origin, divide, keep
+      the first n samples per axis (the exact answer for a periodic signal of
+      length n + k - 1, not for the full model).
     * same: grid n, kernel centred as for ``same`` (identical to circular).
     * valid: grid n (= y's size + k - 1), y zero-filled to it, kernel shifted
       by k - 1 so that the first samples line up with the valid window.

@@ -132,7 +132,7 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
                boundary: Boundary = "zero", convention: Convention = "scipy", alpha: PerImage = 0.0,
                z: ArrayLike | None = None, method: Method = "auto", rtol: float = 1e-6,
                maxiter: int | None = None, x0: ArrayLike | None = None, return_info: bool = False,
-               precondition: bool | str = True, ndim: int | None = None, dtype: DTypeLike = None,
+               precondition: bool | str = True, ndim: int | None = None, dtype: DTypeLike | None = None,
                batch_size: int | str | None = None, noise_sigma: PerImage | None = None,
                axes=None) -> Array | tuple[Array, SolveInfo]:
     """Exact regularized least-squares deconvolution, batched, on NumPy or CuPy.
@@ -181,7 +181,7 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
         ``"dct"`` for same + symmetric with centre-symmetric odd kernels --
         and preconditioned CG otherwise. ``"fft_approx"`` is Fourier division
         on the grid the data implies: an *approximation* outside circular
-        (for full, seed 000's recipe), never chosen by ``"auto"``.
+        (for full: divide on the ``n + k - 1`` grid, keep ``n`` samples), never chosen by ``"auto"``.
     rtol : float, optional
         CG stops an image when the normal-equation residual
         ``||b - M x|| <= rtol ||b||``. Default 1e-6.
@@ -729,7 +729,7 @@ def choose_lam(y: ArrayLike, h: ArrayLike, criterion: str = "gcv", *, noise_sigm
                reg: Reg = None, mode: Mode = "same", boundary: Boundary = "zero",
                convention: Convention = "scipy", alpha: PerImage = 0.0, z: ArrayLike | None = None,
                method: Method = "auto", rtol: float = 1e-6, maxiter: int | None = None,
-               precondition: bool | str = True, ndim: int | None = None, dtype: DTypeLike = None,
+               precondition: bool | str = True, ndim: int | None = None, dtype: DTypeLike | None = None,
                batch_size: int | str | None = None, return_curve: bool = False):
     """The regularization weight ``lam`` chosen from the data, per image.
 

@@ -1,4 +1,4 @@
-"""estimate_kernel: the kernel-side least-squares problem (seed 001's gradient in h, seed 002's min over K).
+"""estimate_kernel: least squares in the kernel for known images (``X h = h * x``; gradient ``X^T (Xh - y)``).
 
 ``argmin_h 1/2 sum_b ||h * x_b - y_b||^2 + lam/2 ||h||^2`` over kernels of a
 given shape. The unknown has only K = prod(kernel_shape) entries, so the
@@ -77,7 +77,7 @@ def _window_of_shift(xp, xw, op, tap):
 
 def estimate_kernel(x: ArrayLike, y: ArrayLike, kernel_shape: tuple[int, ...], *, lam: float = 0.0,
                     mode: Mode = "valid", boundary: Boundary = "zero", convention: Convention = "scipy",
-                    dtype: DTypeLike = None) -> Array:
+                    dtype: DTypeLike | None = None) -> Array:
     """Exact least-squares kernel from sharp/blurred image pairs.
 
     Minimises ``1/2 sum_b ||h * x_b - y_b||^2 + lam/2 ||h||^2`` over kernels

@@ -1,4 +1,10 @@
-"""The multi-channel proximal step of DCDicL / convolutional sparse coding (seed 002).
+"""The multi-channel proximal step of convolutional sparse coding and dictionary learning.
+
+The data step of deep convolutional dictionary learning (Zheng, Yong & Zhang,
+"Deep Convolutional Dictionary Learning for Image Denoising", CVPR 2021:
+DCDicL) and of ADMM convolutional sparse coding (Wohlberg, "Efficient
+Algorithms for Convolutional Sparse Representations", IEEE Trans. Image
+Process. 25(1), 2016):
 
 ``argmin_x 1/2 ||sum_c d_c * x_c - y||^2 + alpha/2 ||x - z||^2`` with circular
 convolution. Per frequency the normal matrix is ``conj(d) d^T + alpha I``: a
@@ -34,7 +40,7 @@ __all__ = ["solve_multichannel"]
 
 
 def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike, *,
-                       convention: Convention = "scipy", dtype: DTypeLike = None) -> Array:
+                       convention: Convention = "scipy", dtype: DTypeLike | None = None) -> Array:
     """Closed-form multi-channel proximal solve (DCDicL / convolutional sparse coding).
 
     Minimises ``1/2 ||sum_c d_c * x_c - y||^2 + alpha/2 ||x - z||^2`` over the
@@ -64,7 +70,8 @@ def solve_multichannel(y: ArrayLike, d: ArrayLike, alpha: PerImage, z: ArrayLike
 
     Notes
     -----
-    With C = 1 this is seed 002's formula, identical to
+    With C = 1 this is the single-channel proximal step in the Fourier domain,
+    ``X = (conj(D) Y + alpha Z) / (|D|^2 + alpha)`` (DCDicL's formula for one channel), identical to
     ``deconvolve(y, d[0], mode="circular", alpha=alpha, z=z[..., 0, :, :])``.
 
     Examples

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import _memory
 from .._spectra import abs2
+from .._typing import Boundary, Convention, Mode
 from .._validation import real_dtype
 from ..operators import ConvolutionOperator
 from .cg import SolveInfo, pow2_scale
@@ -75,9 +76,9 @@ class Problem:
     bk: Any
     dtype: np.dtype
     batch: tuple
-    mode: str
-    boundary: str
-    convention: str
+    mode: Mode
+    boundary: Boundary
+    convention: Convention
     ndim: int
     kshape: tuple
     n: tuple
