@@ -182,7 +182,10 @@ def _spd_inverse(M, dtype):
 
 
 def _build(bk, prob, dtype):
-    """Groups ``(flat pixel indices (nb, m), inverse blocks (L, m, m))``; no two blocks of a group overlap.
+    """Per kind of block: ``(pixel indices (nb, m), inverse (L, m, m), [(indices, slice of nb), ...])``.
+
+    The last item splits the blocks into groups of which no two share a pixel
+    (for the scatter-add); the product is one per kind (one read of its matrix).
 
     One matrix per kind of block (a face's start, middle and end blocks). With a
     kernel (and regularizers) symmetric under a 180-degree rotation, the blocks of
@@ -217,8 +220,13 @@ def _build(bk, prob, dtype):
         for key, (s0, s1) in keys.items():
             inverses[key].append(_spd_inverse(_local_matrix(outs, p, r, s0, s1), BLOCK_DTYPE))
         del outs
-    inverses = {key: bk.xp.asarray(np.stack(v)) for key, v in inverses.items()}
-    return [(bk.xp.asarray(np.stack(g[1:])), inverses[key]) for key, gs in groups.items() for g in gs]
+    out = []
+    for key, gs in groups.items():
+        blocks = [ix for g in gs for ix in g[1:]]
+        ends = np.cumsum([len(g) - 1 for g in gs])
+        parts = [(bk.xp.asarray(np.stack(g[1:])), slice(e - len(g) + 1, e)) for g, e in zip(gs, ends)]
+        out.append((bk.xp.asarray(np.stack(blocks)), bk.xp.asarray(np.stack(inverses[key])), parts))
+    return out
 
 
 def _add_disjoint(groups, ix, npix):
@@ -260,9 +268,10 @@ def border_part(bk, prob, dtype, cached):
         B = r.shape[0]
         rf = xp.ascontiguousarray(r).reshape(B, -1)
         of = xp.ascontiguousarray(out).reshape(B, -1)
-        for ix, Binv in groups:
-            # Binv symmetric; no repeated index in a group.
-            of[:, ix] += xp.matmul(rf[:, ix].astype(Binv.dtype, copy=False), Binv)
+        for ix, Binv, parts in groups:
+            z = xp.matmul(rf[:, ix].astype(Binv.dtype, copy=False), Binv)  # Binv symmetric
+            for ixg, sl in parts:
+                of[:, ixg] += z[:, sl]  # no repeated index within a group
         return of.reshape(out.shape)
 
     return apply
