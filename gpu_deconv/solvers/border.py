@@ -29,15 +29,16 @@ columns are probed all at once with ``(2r + 1)^2`` comb images (columns of M
 more than 2r apart do not overlap).
 
 Measured (13-px 30-degree motion, Laplacian, rtol 1e-6, same + symmetric;
-iterations band -> border): 512^2 43/62/117 -> 19/40/86 at lam 1e-2/1e-3/1e-4,
-192^2 39/71/148 -> 21/40/90; 13 x 13 Gaussian 8-9 -> 10-12. The price is the
-apply (1152 x 1152 dense products over the border: 512^2, one BLAS thread,
-14 ms for the blocks + 3 ms for the circulant part, against 8 ms for the band
-model and 16 ms for the normal operator; at 192^2 9.5 ms against 2.4 and 3.2)
-and the build (1-1.5 s, host, once per kernel, lam and shape; 32 MB for six
-blocks, held in float32: :data:`BLOCK_DTYPE`). It is therefore a choice (``precondition="border"``), not
-the default: it pays where the blocks are reused (a batch of images sharing
-kernel and lam, repeated solves) and at 512^2 and up.
+iterations band -> border): 512^2 43/62/117 -> 19/40/87 at lam 1e-2/1e-3/1e-4,
+192^2 39/71/148 -> 21/40/91; 13 x 13 Gaussian 8-9 -> 10-12. The price is the
+apply: one dense product per kind of block, bound by reading its matrix (CPU
+time, one BLAS thread: 512^2 10 ms for the blocks + 4 ms for the circulant
+part, against 11 ms for the band model and 12 ms for the normal operator;
+192^2 7.3 + 0.5 ms against 1.2 and 1.8), and the build (1-2.5 s on the host,
+once per kernel, lam and shape; 32 MB, :data:`BLOCK_DTYPE`). It is therefore a
+choice (``precondition="border"``), not the default: it pays where the blocks
+are reused (images sharing kernel and lam, repeated solves) at 512^2 and up,
+and wherever dense products are cheap next to FFTs (GPUs; not measured).
 """
 
 from __future__ import annotations
