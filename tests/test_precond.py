@@ -249,3 +249,27 @@ def test_border_preconditioner_cuts_motion_blur_iterations():
             assert info.converged
             np.testing.assert_allclose(x, ref, rtol=0, atol=1e-7 * np.abs(ref).max())
     assert its["border"] < its["band"] < its[False]
+
+
+def test_default_preconditioner_uses_border_blocks_where_they_pay():
+    # Only for batches (>= 4 images sharing kernel and lam) of images >= 16 w a side,
+    # same + symmetric: a single image does not repay the build (measured at 512^2).
+    from gpu_deconv.data import motion_kernel
+    from gpu_deconv.solvers import border
+    h = motion_kernel(5, 30)  # w = 8: 128 px a side
+    w, _ = border.border_geometry(build_problem(np.zeros((40, 40)), h, lam=1e-3, reg="laplacian",
+                                                mode="same", boundary="symmetric"))
+
+    def pays(B, n, lam=1e-3, mode="same", boundary="symmetric"):
+        prob = build_problem(np.zeros((B, n, n)), h, lam=lam, reg="laplacian", mode=mode, boundary=boundary)
+        return border.border_pays(prob)
+
+    side = border.BORDER_AUTO_SIDE * w
+    assert pays(4, side) and pays(8, side + 1)
+    assert not pays(3, side) and not pays(4, side - 1)
+    assert not pays(4, side, lam=np.array([1e-3, 1e-3, 1e-2, 1e-3]))  # blocks per lam: not shared
+    prob = build_problem(np.zeros((4, side, side)), h, lam=1e-3, reg="laplacian", mode="same",
+                         boundary="symmetric")
+    r = np.random.default_rng(0).standard_normal((4, side, side))
+    np.testing.assert_array_equal(make_preconditioner(prob.bk, prob, prob.dtype, "band")(r),
+                                  make_preconditioner(prob.bk, prob, prob.dtype, "border")(r))

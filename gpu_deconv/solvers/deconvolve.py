@@ -313,9 +313,11 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
         ``"border"`` replaces the face model by exact solves on overlapping
         blocks along the faces (2-D, one kernel; built once per kernel, lam and
         shape; for kernels with spectral near-zeros such as motion blur;
-        otherwise it is ``"band"``). False runs plain CG. Images whose system may be singular (``lam`` and
-        ``alpha`` ~ 0 outside ``full``) run unpreconditioned, so that CG
-        converges to the minimiser nearest `x0`.
+        otherwise it is ``"band"``); ``"band"`` uses them itself for batches
+        of 4 or more large images sharing kernel and lam. False runs plain
+        CG. Images whose system may be singular (``lam`` and ``alpha`` ~ 0
+        outside ``full``) run unpreconditioned, so that CG converges to the
+        minimiser nearest `x0`.
     ndim : int, optional
         Number of spatial axes (default ``h.ndim``, or the kernels' ndim for a list).
     dtype : {None, float32, float64}, optional

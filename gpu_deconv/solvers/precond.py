@@ -37,7 +37,7 @@ import numpy as np
 from .. import _cache, _cuda
 from .._padding import source_index
 from .._spectra import kernel_power, weighted_power
-from .border import border_eligible, border_part, border_taper
+from .border import border_eligible, border_part, border_pays, border_taper
 from .closed_form import image_scalars
 
 __all__ = ["make_preconditioner", "band_stencil", "singular_images", "image_params"]
@@ -397,7 +397,9 @@ def make_preconditioner(bk, prob, dtype, kind="band"):
     :func:`taper`; SPD, since the bands cover every row where T < 1.
     "border": in 2-D ``same`` + ``symmetric`` with one kernel, the tapered
     circulant part plus exact solves on overlapping blocks along the faces
-    (:mod:`gpu_deconv.solvers.border`); elsewhere "band".
+    (:mod:`gpu_deconv.solvers.border`); elsewhere "band". "band" itself is
+    "border" where the blocks pay for their build (:func:`.border.border_pays`:
+    batches of 4 or more images sharing kernel and lam, 16 w pixels a side).
 
     Images whose system may be singular (:func:`singular_images`) get the
     identity instead, so that CG converges to the minimiser nearest ``x0``
@@ -423,7 +425,8 @@ def make_preconditioner(bk, prob, dtype, kind="band"):
 
 def _make(bk, prob, dtype, kind):
     circ = circulant_part(bk, prob, dtype)
-    if kind == "border" and _reflective(prob) and border_eligible(prob):
+    blocks = border_eligible(prob) if kind == "border" else kind == "band" and border_pays(prob)
+    if blocks and _reflective(prob):
         return _circulant_border(bk, prob, dtype, circ)
     if kind == "border":
         kind = "band"
