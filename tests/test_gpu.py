@@ -197,6 +197,25 @@ def test_deconvolve_cg(rng, monkeypatch, mode, boundary, precondition, dtype):
     assert_close(xd, xg, np.float64, factor=tol / 1e-10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deconvolve_cg_border_preconditioner(rng, monkeypatch, dtype):
+    # same + symmetric, large enough for border blocks (3 x 3 kernel: 12 px), per-image lam.
+    h = rng.uniform(0.2, 1.0, (3, 3))
+    y = rng.standard_normal((2, 16, 14)).astype(dtype)
+    rtol = 1e-11 if dtype == np.float64 else 1e-5
+    tol = 1e-8 if dtype == np.float64 else 1e-2
+    kw = dict(mode="same", boundary="symmetric", lam=[1e-2, 0.3], reg="laplacian", method="cg",
+              precondition="border", rtol=rtol, return_info=True)
+    (xh, ih), (xd, idv) = twin(gd.deconvolve, y, h, **kw)
+    assert on_device(xd).dtype == dtype
+    assert idv.converged.all() and ih.converged.all() and idv.preconditioned
+    assert np.abs(idv.iterations - ih.iterations).max() <= 3
+    assert_close(xd, xh, np.float64, factor=tol / 1e-10)
+    xg, ig = generic(monkeypatch, gd.deconvolve, cp.asarray(y), cp.asarray(h), **kw)
+    assert ig.converged.all()
+    assert_close(xd, xg, np.float64, factor=tol / 1e-10)
+
+
 def test_deconvolve_cg_per_image_kernels_prox_start(rng, monkeypatch):
     hs = rng.uniform(0.2, 1.0, (3, 3, 4))  # one kernel per image
     y = rng.standard_normal((3, 12, 12))

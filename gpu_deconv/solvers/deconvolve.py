@@ -191,15 +191,20 @@ def deconvolve(y: ArrayLike, h: ArrayLike, *, lam: PerImage | str = 0.0, reg: Re
         CG starting guess (default zeros).
     return_info : bool, optional
         Also return a :class:`~gpu_deconv.SolveInfo`.
-    precondition : bool or {"band", "circulant"}, optional
+    precondition : bool or {"band", "circulant", "border"}, optional
         CG preconditioner. True (default) is ``"band"``: the circulant
         (Fourier-division) approximation on a padded grid plus an exact-stencil
         block model of the layers next to each face, where the circulant
         model is worst (in ``same`` + ``symmetric``: a DCT model of the
         mirrored kernel instead). ``"circulant"`` uses the first part alone;
-        False runs plain CG. Images whose system may be singular (``lam`` and
-        ``alpha`` ~ 0 outside ``full``) run unpreconditioned, so that CG
-        converges to the minimiser nearest `x0`.
+        ``"border"`` replaces the face model by exact solves on overlapping
+        blocks along the faces (2-D, one kernel; built once per kernel, lam and
+        shape; for kernels with spectral near-zeros such as motion blur;
+        otherwise it is ``"band"``); ``"band"`` uses them itself for batches
+        of 4 or more large images sharing kernel and lam. False runs plain
+        CG. Images whose system may be singular (``lam`` and ``alpha`` ~ 0
+        outside ``full``) run unpreconditioned, so that CG converges to the
+        minimiser nearest `x0`.
     ndim : int, optional
         Number of spatial axes (default ``h.ndim``, or the kernels' ndim for a list).
     dtype : {None, float32, float64}, optional
@@ -310,7 +315,7 @@ def _solver_options(method, rtol, maxiter, precondition, batch_size):
     if precondition is True:
         precondition = "band"
     elif precondition is not False:
-        check_choice("precondition", precondition, ("band", "circulant"))
+        check_choice("precondition", precondition, ("band", "circulant", "border"))
     maxiter = DEFAULT_MAXITER if maxiter is None else check_positive("maxiter", maxiter, integer=True)
     return rtol, maxiter, precondition, _memory.check_batch_size(batch_size)
 

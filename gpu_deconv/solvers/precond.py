@@ -37,6 +37,7 @@ import numpy as np
 from .. import _cache
 from .._padding import source_index
 from .._spectra import kernel_power, weighted_power
+from .border import border_eligible, border_part, border_pays, border_taper
 from .closed_form import image_scalars
 
 __all__ = ["make_preconditioner", "band_stencil", "singular_images", "image_params"]
@@ -368,17 +369,22 @@ def singular_images(bk, prob, dtype):
 
 
 def make_preconditioner(bk, prob, dtype, kind="band"):
-    """``kind``: "circulant" (padded-grid Fourier division) or "band" (tapered circulant + bands).
+    """``kind``: "circulant" (padded-grid Fourier division), "band" (tapered circulant + bands) or "border".
 
     "band": ``P r = T C^-1 (T r) + sum_a E_a B_a^-1 E_a^T r`` with T from
     :func:`taper`; SPD, since the bands cover every row where T < 1.
+    "border": in 2-D ``same`` + ``symmetric`` with one kernel, the tapered
+    circulant part plus exact solves on overlapping blocks along the faces
+    (:mod:`gpu_deconv.solvers.border`); elsewhere "band". "band" itself is
+    "border" where the blocks pay for their build (:func:`.border.border_pays`:
+    batches of 4 or more images sharing kernel and lam, 16 w pixels a side).
 
     Images whose system may be singular (:func:`singular_images`) get the
     identity instead, so that CG converges to the minimiser nearest ``x0``
     there; None when that is every image (plain CG).
     """
-    if kind not in ("circulant", "band"):
-        raise ValueError(f"preconditioner kind must be 'circulant' or 'band'; got {kind!r}")
+    if kind not in ("circulant", "band", "border"):
+        raise ValueError(f"preconditioner kind must be 'circulant', 'band' or 'border'; got {kind!r}")
     singular = singular_images(bk, prob, dtype)
     if singular.all():
         return None
@@ -397,6 +403,11 @@ def make_preconditioner(bk, prob, dtype, kind="band"):
 
 def _make(bk, prob, dtype, kind):
     circ = circulant_part(bk, prob, dtype)
+    blocks = border_eligible(prob) if kind == "border" else kind == "band" and border_pays(prob)
+    if blocks and _reflective(prob):
+        return _circulant_border(bk, prob, dtype, circ)
+    if kind == "border":
+        kind = "band"
     if kind == "band" and _reflective(prob):
         return _circulant_dct(bk, prob, dtype, circ)
     unknown_bytes = prob.B * int(np.prod(prob.n)) * np.dtype(dtype).itemsize
@@ -492,5 +503,17 @@ def _circulant_dct(bk, prob, dtype, circ):
         v *= U
         out += v
         return out
+
+    return apply
+
+
+# ------------------------------------------------------------ border blocks (exact local solves)
+def _circulant_border(bk, prob, dtype, circ):
+    """``T C^-1 T + sum_b E_b B_b^-1 E_b^T``: see :mod:`gpu_deconv.solvers.border`."""
+    border = border_part(bk, prob, dtype, _cached)
+    T = border_taper(prob, dtype)
+
+    def apply(r):
+        return border(r, circ(r, T))
 
     return apply
