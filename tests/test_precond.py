@@ -157,11 +157,10 @@ def test_motion_blur_iterations_drop_and_smooth_kernels_stay():
 
 # ------------------------------------------------------------ border blocks (exact local solves)
 def _dense_normal(prob):
-    from gpu_deconv.solvers.deconvolve import _make_normal
     n = prob.n
     N = int(np.prod(n))
     eye = np.eye(N).reshape((N, 1) + n)
-    normal = _make_normal(prob.bk, prob, prob.dtype)
+    normal = prob.normal_operator()
     return np.stack([normal(np.broadcast_to(e, (prob.B,) + n).copy()).reshape(prob.B, N) for e in eye],
                     axis=-1)  # (B, N, N)
 

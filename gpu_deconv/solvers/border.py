@@ -46,7 +46,6 @@ not measured.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import numpy as np
@@ -111,43 +110,34 @@ def border_pays(prob):
     return min(prob.n) >= BORDER_AUTO_SIDE * w
 
 
-def _small_problem(prob, S):
-    """A copy of `prob` on an S x S unknown (host, float64), same operators, lam and alpha."""
-    from .deconvolve import _make_normal  # deconvolve imports this module's users
-
+def _small_problem(prob, S, lam, alpha):
+    """`prob` on one S x S unknown (host, float64), same operators, the given lam and alpha."""
     h = np.asarray(prob.bk.asnumpy(prob.A.kernel), dtype=np.float64)
-    small = copy.copy(prob)
-    small.bk = get_backend(h=h)
-    small.dtype = np.dtype(np.float64)
-    small.n = (S, S)
     A = prob.A
-    small.A = type(A)(h, small.n, A.mode, boundary=A.boundary, convention=A.convention, ndim=2)
+    n = (S, S)
     terms = []
     for t in prob.terms:
         if not t.is_identity:
             op = t.op
             g = np.asarray(prob.bk.asnumpy(op.kernel), dtype=np.float64)
-            t = replace(t, op=type(op)(g, small.n, op.mode, boundary=op.boundary, convention=op.convention,
-                                       ndim=2))
+            t = replace(t, op=type(op)(g, n, op.mode, boundary=op.boundary, convention=op.convention, ndim=2))
         terms.append(t)
-    small.terms = terms
-    return small, _make_normal
+    return prob.replace(bk=get_backend(h=h), dtype=np.dtype(np.float64), n=n, batch=(1,),
+                        A=type(A)(h, n, A.mode, boundary=A.boundary, convention=A.convention, ndim=2),
+                        terms=terms, lam=np.asarray([lam], dtype=np.float64),
+                        alpha=np.asarray([alpha], dtype=np.float64), use_alpha=bool(alpha > 0),
+                        use_reg=bool(lam > 0) and prob.use_reg)
 
 
 def _probe(prob, S, r, lam, alpha):
     """M of the small problem applied to the (2r+1)^2 comb images: shape (p*p, S, S), p = 2r + 1."""
-    small, make_normal = _small_problem(prob, S)
-    small.B = 1
-    small.lam = np.asarray([lam], dtype=np.float64)
-    small.alpha = np.asarray([alpha], dtype=np.float64)
-    small.use_alpha = bool(alpha > 0)
-    small.use_reg = bool(lam > 0) and prob.use_reg
+    small = _small_problem(prob, S, lam, alpha)
     p = 2 * r + 1
     combs = np.zeros((p * p, S, S))
     for a in range(p):
         for c in range(p):
             combs[a * p + c, a::p, c::p] = 1.0
-    return np.asarray(make_normal(small.bk, small, np.float64)(combs)), p
+    return np.asarray(small.normal_operator(np.float64)(combs)), p
 
 
 def _local_matrix(outs, p, r, c0, c1):
