@@ -259,6 +259,8 @@ def _sym_fold(z, c):
 def _prototype(h, n, lam, dtype, mode="valid"):
     """Adjoint and normal operator of the `mode` problem in bare scipy.fft (2 FFT pairs + a stencil).
 
+    The FFTs run on the next fast length of the signal (exact: the valid window sees no wrap-around).
+
     ``valid``: the valid convolution of the unknown, zero-boundary Laplacian.
     ``symmetric``: ``same`` with the half-sample mirror = the valid convolution of the
     unknown mirrored by k//2 (np.pad "symmetric"); the Laplacian likewise by 1.
@@ -266,19 +268,20 @@ def _prototype(h, n, lam, dtype, mode="valid"):
     k = h.shape[0]
     c = (k - 1) // 2 if mode == "symmetric" else 0
     g = n + 2 * c  # the (mirrored) signal the valid convolution runs over
-    Hs = scipy.fft.rfft2(h.astype(dtype), s=(g, g))  # tap i at index i: exact on the g grid
+    G = scipy.fft.next_fast_len(g, real=True)  # any grid >= g is exact for the valid window
+    Hs = scipy.fft.rfft2(h.astype(dtype), s=(G, G))  # tap i at index i
     Hc = np.conj(Hs)
-    lo = k - 1
+    lo, hi = k - 1, g
 
     def forward(x):
         if c:
             x = np.pad(x, c, mode="symmetric")
-        return scipy.fft.irfft2(scipy.fft.rfft2(x) * Hs, s=(g, g))[lo:, lo:]
+        return scipy.fft.irfft2(scipy.fft.rfft2(x, s=(G, G)) * Hs, s=(G, G))[lo:hi, lo:hi]
 
     def adjoint(r):
-        z = np.zeros((g, g), dtype=dtype)
-        z[lo:, lo:] = r
-        return _sym_fold(scipy.fft.irfft2(scipy.fft.rfft2(z) * Hc, s=(g, g)), c)
+        z = np.zeros((G, G), dtype=dtype)
+        z[lo:hi, lo:hi] = r
+        return _sym_fold(scipy.fft.irfft2(scipy.fft.rfft2(z) * Hc, s=(G, G))[:g, :g], c)
 
     if mode == "symmetric":
         def reg(x):
