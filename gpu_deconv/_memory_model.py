@@ -103,9 +103,10 @@ def device_peak_bytes(fn, *, cold=True):
     if not _simulator.installed():
         raise RuntimeError("device_peak_bytes needs the simulator: set GPU_DECONV_SIMULATOR=1 and call "
                            "gpu_deconv._simulator.install() before cupy is imported")
-    import cupy as cp
-
+    from ._backend import _backend
     from ._simulator import cupy_stub as st
+
+    cp = _backend("cupy").xp  # the simulator's stand-in (only the backend imports cupy)
 
     if cold:
         clear_cache()
