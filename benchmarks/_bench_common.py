@@ -68,6 +68,8 @@ class Sizes:
     pcg_iters: int
     # PyLops / plain CG iteration caps in the accuracy search
     max_peer_iters: int
+    # motion-blur comparison (compare.py --only motion): unknown edges
+    motion_ns: tuple = (192, 512)
 
 
 FULL = Sizes(
@@ -99,7 +101,7 @@ QUICK = Sizes(
     conv_n=256, conv_k=31, conv_batch=8, conv_batch_n=64,
     kest_n=96, kest_k=7,
     mc_batch=2, mc_channels=8, mc_n=64, mc_k=5,
-    micro_n=256, pcg_iters=5, max_peer_iters=600,
+    micro_n=256, pcg_iters=5, max_peer_iters=600, motion_ns=(64, 96),
 )
 
 

@@ -190,15 +190,9 @@ def test_solve_in_chunks_retries_a_real_solve(rng):
 
 
 def _traced_peak_per_image(f, unknown_bytes):
-    import tracemalloc
-    f()  # first call: imports and caches that a warm process already holds
-    gd.clear_cache()
-    tracemalloc.start()
-    try:
-        f()
-        return tracemalloc.get_traced_memory()[1] / unknown_bytes
-    finally:
-        tracemalloc.stop()
+    # after a first, untraced call (imports and caches that a warm process already holds)
+    from gpu_deconv._memory_model import host_peak_bytes
+    return host_peak_bytes(f)[0] / unknown_bytes
 
 
 @pytest.mark.filterwarnings("ignore::gpu_deconv.ConvergenceWarning")
