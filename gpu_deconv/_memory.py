@@ -142,17 +142,23 @@ def device_free_bytes(bk) -> int:
 def auto_chunk(prob, method, precondition="band", free_bytes=None) -> int:
     """Images per chunk that fit `free_bytes` (default: the device's) with the SAFETY factor.
 
-    On the CPU (and with nothing to split) the whole batch.
+    Uses the measured model of :mod:`gpu_deconv._memory_model` (a fixed part
+    per call plus a part per image, fitted to the device memory pool's
+    high-water mark on the simulated device, with a margin), not the counted
+    estimate :func:`per_image_bytes`. On the CPU (and with nothing to split)
+    the whole batch.
     """
+    from ._memory_model import from_problem
+
     B = prob.B
     if not prob.bk.is_gpu and free_bytes is None:
         return B
     if free_bytes is None:
         free_bytes = device_free_bytes(prob.bk)
     out_bytes = B * math.prod(prob.n) * np.dtype(prob.dtype).itemsize  # the assembled result
-    budget = SAFETY * free_bytes - out_bytes
-    per = per_image_bytes(prob, method, precondition)
-    return int(max(1, min(B, budget // per)))
+    fixed, per = from_problem(prob, method, precondition)
+    budget = SAFETY * free_bytes - out_bytes - fixed
+    return int(max(1, min(B, budget // max(per, 1))))
 
 
 def run_chunks(fn, n, chunk, *, retry_on=(), on_retry=None, retry_if=None):

@@ -109,13 +109,16 @@ def test_per_image_estimates_scale_with_the_image():
 
 
 def test_auto_chunk_against_a_memory_budget():
+    from gpu_deconv._memory_model import from_problem
+
     prob = _problem((128, 128), (7, 7), B=10)
-    per = _memory.per_image_bytes(prob, "cg")
+    fixed, per = from_problem(prob, "cg")  # the measured model (tests/test_memory_model.py)
     assert _memory.auto_chunk(prob, "cg", free_bytes=10**15) == 10
     assert _memory.auto_chunk(prob, "cg", free_bytes=0) == 1
     out = 10 * math.prod(prob.n) * 4
-    free = (3 * per + out) / _memory.SAFETY + 1
+    free = (fixed + 3 * per + out) / _memory.SAFETY + 1
     assert _memory.auto_chunk(prob, "cg", free_bytes=free) == 3
+    assert _memory.auto_chunk(prob, "cg", free_bytes=free - 2 * per / _memory.SAFETY) == 1
 
 
 # ----------------------------------------------------------------- retry

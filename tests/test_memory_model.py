@@ -18,6 +18,7 @@ import pytest
 
 import gpu_deconv as gd
 from gpu_deconv import _memory_model as mm
+from gpu_deconv._padding import input_shape
 from gpu_deconv._simulator import executor
 from gpu_deconv.solvers import deconvolve as dv
 
@@ -59,7 +60,7 @@ def _kernel(kshape, symmetric):
 def _problem(rng, case, n, kshape, B, dtype):
     kw = dict(KWARGS[case], lam=1e-2, reg="laplacian")
     h = _kernel(kshape, symmetric=case == "dct").astype(dtype)
-    m = dv._spatial_in(kw["mode"], n, kshape)
+    m = input_shape(kw["mode"], n, kshape)
     y = rng.random((B,) + tuple(m)).astype(dtype)
     prob = dv.build_problem(y, h, lam=1e-2, reg="laplacian", mode=kw["mode"],
                             boundary=kw.get("boundary", "zero"))
