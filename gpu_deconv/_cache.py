@@ -154,8 +154,11 @@ def clear_cache():
     _device.clear()
 
 
-def content_key(bk, a) -> tuple:
-    """Hashable identity of an array's contents (for small arrays such as kernels)."""
-    host = bk.asnumpy(a)
+def content_key(bk, a, host=None) -> tuple:
+    """Hashable identity of an array's contents (for small arrays such as kernels).
+
+    `host` is ``bk.asnumpy(a)`` when the caller has it already (no transfer here).
+    """
+    host = bk.asnumpy(a) if host is None else host
     digest = hashlib.blake2b(np.ascontiguousarray(host).tobytes(), digest_size=16).digest()
     return (bk.name, bk.device_id(a), str(host.dtype), tuple(host.shape), digest)

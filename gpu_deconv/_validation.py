@@ -139,12 +139,15 @@ def plain_ndarray(name, a):
 
 
 def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=True, norm=False,
-                   allow_complex=False):
+                   allow_complex=False, host=False):
     """Validated floating array for the computation: right module, dtype, finite.
 
     With ``norm=True`` returns ``(array, ||array||^2)``: the same pass that
     checks finiteness yields the norm (inf if the squares overflow). With
     `allow_complex`, complex input stays complex (`dtype` sets its precision).
+    With ``host=True`` returns ``(array, host copy)`` and judges finiteness on
+    the copy: one transfer from the device instead of a reduction and a
+    transfer, for small arrays the caller needs on the host anyway (kernels).
     """
     arr = as_array(bk, name, a)
     wdt = float_dtype(name, arr.dtype, dtype, allow_complex=allow_complex)
@@ -158,21 +161,31 @@ def as_float_array(bk, name, a, dtype=None, *, allow_empty=False, check_finite=T
         # below as too large rather than warned about in the middle of the cast.
         with np.errstate(over="ignore", invalid="ignore"):
             arr = arr.astype(wdt)
+    if host:
+        copy = bk.asnumpy(arr)
+        if check_finite and arr.size and not bool(np.isfinite(copy).all()):
+            _not_finite(bk, name, src, arr, wdt)
+        return arr, copy
     sq = None
     if norm and arr.size:
         sq = sq_norm(bk.xp, arr)
         if np.isfinite(sq):
             return arr, sq
     if check_finite and arr.size and not all_finite(bk.xp, arr):
-        if src is not arr and bool(bk.xp.isfinite(src).all()):
-            big = float(bk.xp.abs(src).max())
-            raise ValueError(f"{name} has values too large for {wdt} (|value| up to {big:.3g}); "
-                             "pass dtype=float64 or rescale")
-        raise ValueError(f"{name} contains NaN or Inf")
+        _not_finite(bk, name, src, arr, wdt)
     if norm:
         # Here the squares overflowed although every value is finite (or a is empty).
         return arr, (np.inf if arr.size else 0.0)
     return arr
+
+
+def _not_finite(bk, name, src, arr, wdt):
+    """Raise for a non-finite `arr` (`src`: before the cast to `wdt`): too large for `wdt`, or NaN/Inf."""
+    if src is not arr and bool(bk.xp.isfinite(src).all()):
+        big = float(bk.xp.abs(src).max())
+        raise ValueError(f"{name} has values too large for {wdt} (|value| up to {big:.3g}); "
+                         "pass dtype=float64 or rescale")
+    raise ValueError(f"{name} contains NaN or Inf")
 
 
 def sq_norm(xp, a) -> float:

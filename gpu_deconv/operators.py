@@ -126,6 +126,22 @@ class ConvolutionOperator:
         dtype = check_dtype_arg(dtype)
         bk = get_backend(h=h)
         h = as_float_array(bk, "h", h, dtype, allow_complex=True)
+        self._setup(bk, h, in_shape, mode, boundary, convention, ndim, dtype, axes)
+
+    @classmethod
+    def from_validated(cls, h, in_shape, mode, *, boundary, convention, ndim, host=None):
+        """The operator of a kernel its caller has validated already (floating, finite, one array module).
+
+        Nothing about `h` is checked again (the geometry still is). `host`, when
+        given, is ``h`` on the host: the operator's cache key and its choice of
+        the shift-and-add path read it instead of copying `h` from the device.
+        """
+        op = cls.__new__(cls)
+        op._setup(get_backend(h=h), h, in_shape, mode, boundary, convention, ndim, None, None)
+        op._h_host = host
+        return op
+
+    def _setup(self, bk, h, in_shape, mode, boundary, convention, ndim, dtype, axes):
         in_shape = check_shape("in_shape", in_shape)
         self._axes = None
         if axes is not None:
@@ -176,8 +192,9 @@ class ConvolutionOperator:
         # E^T E is the identity on everything the circular product can reach
         # (so normal() needs one FFT pair) for circular, and for full + zero.
         self._one_pass_normal = mode == "circular" or (mode == "full" and boundary == "zero")
-        self._spectra: dict[object, Array] = {}  # by dtype, or (what, dtype) for |H|^2 and conj(H)
+        self._spectra = {}  # by dtype, or (what, dtype) for |H|^2 and conj(H)
         self._key = None
+        self._h_host = None  # the kernel on the host, fetched once when first needed
         self._direct = None  # resolved lazily: a DirectPlan, or False for the FFT path
 
     # ------------------------------------------------------------------ shapes
@@ -247,9 +264,16 @@ class ConvolutionOperator:
     def cache_key(self):
         """Hashable identity: kernel contents, geometry, mode, boundary and convention."""
         if self._key is None:
-            self._key = _cache.content_key(self._bk, self._h)
+            self._key = _cache.content_key(self._bk, self._h, host=self.host_kernel())
         return (self._key, self.ndim, self.spatial_in_shape, self.mode, self.boundary, self.convention,
                 self.grid_shape, self._shifts())
+
+    def host_kernel(self) -> np.ndarray:
+        """The kernel as a NumPy array (copied from the device once, then kept)."""
+        host = self._h_host
+        if host is None:
+            host = self._h_host = self._bk.asnumpy(self._h)
+        return host
 
     def spectrum(self, dtype: DTypeLike | None = None) -> Array:
         """Transfer function on :attr:`grid_shape` for data of `dtype` (default: the kernel's).
@@ -376,7 +400,7 @@ class ConvolutionOperator:
         """
         if self._direct is None:
             self._direct = False
-            hh = self._bk.asnumpy(self._h)
+            hh = self.host_kernel()
             if hh.dtype.kind == "c":  # complex kernels: the FFT path (the taps would need conj)
                 return None
             taps = np.count_nonzero(np.any(hh.reshape((-1,) + self.kernel_shape) != 0, axis=0))

@@ -49,7 +49,7 @@ def _exponents(xp, a, nd, band):
     return np.where((amax > 0) & ((amax < 2.0 ** -band) | (amax > 2.0 ** band)), out, 0)
 
 
-def scale_exponents(xp, h, y, nd, dtype, *, weights=(), y_sq=None):
+def scale_exponents(xp, h, y, nd, dtype, *, weights=(), y_sq=None, h_host=None):
     """``(ec, ed)``: per image (shape (B,)), the powers of two to divide the kernel and the data by.
 
     `h` is one kernel ``(*k)`` or one per image ``(B, *k)``; `y` is ``(B, *m)``.
@@ -57,12 +57,13 @@ def scale_exponents(xp, h, y, nd, dtype, *, weights=(), y_sq=None):
     band. The weights (lam, alpha: per-image arrays) become ``w / 4^ec``; `ec`
     is moved towards 0 as far as needed to keep them finite (with room for
     ``lam' R``); a shared kernel gets one `ec` for all. `y_sq` (``||y||^2``,
-    when known) spares the pass over `y` when it shows every image within the band.
+    when known) spares the pass over `y` when it shows every image within the band;
+    `h_host` (`h` on the host, when known) spares the transfer of its maxima.
     """
     wdt = np.dtype(dtype)
     band = _band(wdt)
     B = y.shape[0]
-    ec = _exponents(xp, h, nd, band)
+    ec = _exponents(xp, h, nd, band) if h_host is None else _exponents(np, h_host, nd, band)
     if np.any(ec != 0):
         top = np.zeros(B)
         for w in weights:
@@ -100,7 +101,8 @@ def balance_scales(prob):
     """
     xp, wdt, nd = prob.bk.xp, np.dtype(prob.dtype), prob.ndim
     shared = prob.h.ndim == nd  # one kernel for the batch
-    ec, ed = scale_exponents(xp, prob.h, prob.y, nd, wdt, weights=(prob.lam, prob.alpha), y_sq=prob.y_sq)
+    ec, ed = scale_exponents(xp, prob.h, prob.y, nd, wdt, weights=(prob.lam, prob.alpha), y_sq=prob.y_sq,
+                             h_host=prob.A.host_kernel())
     if not (ec.any() or ed.any()):
         return prob
     new = {}

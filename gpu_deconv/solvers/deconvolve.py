@@ -41,7 +41,12 @@ __all__ = ["deconvolve", "choose_lam", "estimate_noise", "LamSelectionWarning"]
 
 # ----------------------------------------------------------------- inputs
 def _kernels(bk, h, dtype, ndim):
-    """h as one array; a list/tuple of arrays is one kernel per image (stacked)."""
+    """``(h as one array, ndim, h on the host)``; a list/tuple of arrays is one kernel per image (stacked).
+
+    The kernel is small: one copy to the host serves its finiteness check, the
+    zero-kernel check, its scale and the operator's cache key (one transfer
+    from the device instead of four).
+    """
     if isinstance(h, (list, tuple)) and h and all(
             isinstance(k, np.ndarray) or is_cupy_array(k) for k in h):
         ks = [as_float_array(bk, f"h[{i}]", k, dtype, allow_complex=True) for i, k in enumerate(h)]
@@ -49,14 +54,14 @@ def _kernels(bk, h, dtype, ndim):
         if len(shapes) != 1:
             raise ValueError(f"per-image kernels in h must share one shape; got {sorted(shapes)}")
         arr = bk.xp.stack(ks)
-        return arr, check_ndim(arr.ndim - 1 if ndim is None else ndim, arr.ndim)
-    arr = as_float_array(bk, "h", h, dtype, allow_complex=True)
-    return arr, check_ndim(ndim, arr.ndim)
+        return arr, check_ndim(arr.ndim - 1 if ndim is None else ndim, arr.ndim), bk.asnumpy(arr)
+    arr, host = as_float_array(bk, "h", h, dtype, allow_complex=True, host=True)
+    return arr, check_ndim(ndim, arr.ndim), host
 
 
-def _refuse_zero_kernel(bk, h, nd, batch, lam, alpha):
+def _refuse_zero_kernel(h_host, nd, batch, lam, alpha):
     """An all-zero kernel with lam = alpha = 0 leaves every x a minimiser: refuse, never return 0."""
-    nonzero = bk.asnumpy(bk.xp.any(h != 0, axis=tuple(range(-nd, 0))))
+    nonzero = np.any(h_host != 0, axis=tuple(range(-nd, 0)))
     dead = ~np.broadcast_to(nonzero, batch) & (lam == 0) & (alpha == 0)
     if dead.any():
         which = "" if not batch else f" (images {np.argwhere(dead)[:8].tolist()})"
@@ -395,7 +400,7 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     dtype = check_dtype_arg(dtype)
     bk = get_backend(y=y, h=h, z=z, x0=x0)
     y, y_sq = as_float_array(bk, "y", y, dtype, norm=True, allow_complex=True)
-    h, nd = _kernels(bk, h, y.dtype, ndim)
+    h, nd, h_host = _kernels(bk, h, y.dtype, ndim)
     # Complex y, h, z or x0 make the problem complex, in the precision of y.
     wdt = work_dtype(y.dtype, h.dtype, *(_kind_of(a) for a in (z, x0)))
     y = y.astype(wdt, copy=False)
@@ -415,7 +420,7 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     alpha_a = per_image("alpha", alpha, batch, dtype=rdt)
     if bool(np.any(alpha_a > 0)) and z is None:
         raise ValueError("alpha > 0 needs z (the proximal centre, with the unknown's shape)")
-    _refuse_zero_kernel(bk, h, nd, batch, lam_a, alpha_a)
+    _refuse_zero_kernel(h_host, nd, batch, lam_a, alpha_a)
     terms = parse_reg(bk, reg, nd)
     zf, z_sq = _image_array(bk, "z", z, batch, n, wdt, norm=True) if z is not None else (None, 0.0)
     x0f = _image_array(bk, "x0", x0, batch, n, wdt) if x0 is not None else None
@@ -423,12 +428,14 @@ def build_problem(y, h, *, lam=0.0, reg=None, mode="same", boundary="zero", conv
     B = int(np.prod(batch)) if batch else 1
     kb = h.shape[:h.ndim - nd]
     hb = bk.xp.broadcast_to(h, tuple(batch) + kshape).reshape((B,) + kshape) if kb else h
+    hb_host = np.broadcast_to(h_host, tuple(batch) + kshape).reshape((B,) + kshape) if kb else h_host
     terms = build_operators(terms, n, circular=mode == "circular", boundary=boundary,
                             convention=convention, dtype=rdt)
     prob = Problem(
         bk=bk, dtype=wdt, batch=tuple(batch), mode=mode, boundary=boundary, convention=convention, ndim=nd,
         kshape=kshape, n=n, m=m, y=bk.xp.broadcast_to(y, tuple(batch) + m).reshape((B,) + m), h=hb,
-        A=ConvolutionOperator(hb, n, mode, boundary=boundary, convention=convention, ndim=nd), terms=terms,
+        A=ConvolutionOperator.from_validated(hb, n, mode, boundary=boundary, convention=convention, ndim=nd,
+                                             host=hb_host), terms=terms,
         lam=lam_a.reshape(B), alpha=alpha_a.reshape(B),
         z=zf.reshape((B,) + n).astype(wdt, copy=False) if zf is not None else None,
         x0=x0f.reshape((B,) + n).astype(wdt, copy=False) if x0f is not None else None,
@@ -460,7 +467,7 @@ def _solve_closed(prob, method):
         return cf.fourier_division(bk, prob.y, prob.h, prob.reg_terms(), prob.lam, prob.alpha, prob.z,
                                    prob.mode, prob.convention, prob.n, nd, wdt), False
     if method == "fft" and bk.ops.fused_spectral_solve and wdt.kind != "c":  # the CUDA solve is real-only
-        return _solve_fft_fused(prob), False
+        return _solve_fft_fused(prob)
 
     def build():
         stats = {}
@@ -518,10 +525,15 @@ def _solve_fft_fused(prob):
     if lam_c.size == 1:
         dmin, scale = np.asarray(dmin).ravel()[:1], np.asarray(scale).ravel()[:1]
     cf.check_extrema(dmin, scale, np.finfo(wdt).eps, lam_c, alpha_c)
+    # The bound of the CPU path (Parseval, |H| <= sum|h|), from host values: no pass over the output.
+    inv = 1.0 / float(np.min(dmin))
+    hl1 = float(np.abs(prob.A.host_kernel()).sum(axis=tuple(range(-nd, 0))).max())
+    bound = hl1 * inv * np.sqrt(prob.y_sq) + float(prob.alpha.max()) * inv * np.sqrt(prob.z_sq)
     Y = bk.xp.ascontiguousarray(bk.rfftn(prob.y, n))
     Z = bk.xp.ascontiguousarray(bk.rfftn(prob.z, n)) if prob.use_alpha else None
     Y = bk.ops.spectral_solve(Y, H, R, lam, alpha, Z, ndim=nd)
-    return bk.irfftn(Y, n, overwrite_x=True)  # Y is a temporary: no copy of it for cuFFT's C2R
+    # Y is a temporary: no copy of it for cuFFT's C2R.
+    return bk.irfftn(Y, n, overwrite_x=True), bool(bound < np.finfo(wdt).max / 8)
 
 
 def _dct_filters(prob, stats=None, lam=None, alpha=None):

@@ -53,6 +53,8 @@ class Term:
     op: ConvolutionOperator | None = None
     neumann: bool = False
     name: str = "kernel"
+    #: The kernel on the host when it was made there (the built-ins): no transfer for its checks.
+    host: object = None
 
     @property
     def is_identity(self):
@@ -71,10 +73,11 @@ def _weight(w, where):
 def _parse_one(bk, item, ndim, weight, where):
     if isinstance(item, str):
         if item == "laplacian":
-            return [Term(weight, kernel=bk.xp.asarray(laplacian_kernel(ndim)), name="laplacian")]
+            k = laplacian_kernel(ndim)
+            return [Term(weight, kernel=bk.xp.asarray(k), name="laplacian", host=k)]
         if item == "gradient":
             return [Term(weight, kernel=bk.xp.asarray(difference_kernel(ndim, a)), neumann=True,
-                         name=f"gradient[{a}]") for a in range(ndim)]
+                         name=f"gradient[{a}]", host=difference_kernel(ndim, a)) for a in range(ndim)]
         if item == "identity":
             return [Term(weight, name="identity")]
         raise ValueError(f"reg must be None, 'laplacian', 'gradient', a kernel, a ConvolutionOperator "
@@ -125,9 +128,15 @@ def build_operators(terms, n, *, circular, boundary, convention, dtype):
             continue
         mode = "circular" if circular else "same"
         kdt = np.result_type(dtype, np.complex64) if t.kernel.dtype.kind == "c" else dtype
-        op = ConvolutionOperator(t.kernel.astype(kdt, copy=False), n, mode,
-                                 boundary="periodic" if circular else boundary, convention=convention)
-        out.append(Term(t.weight, kernel=t.kernel, op=op, neumann=t.neumann, name=t.name))
+        k = t.kernel.astype(kdt, copy=False)
+        bnd = "periodic" if circular else boundary
+        if t.host is not None:  # a built-in stencil: finite by construction, known on the host
+            host = np.asarray(t.host).astype(kdt, copy=False)
+            op = ConvolutionOperator.from_validated(k, n, mode, boundary=bnd, convention=convention,
+                                                    ndim=k.ndim, host=host)
+        else:
+            op = ConvolutionOperator(k, n, mode, boundary=bnd, convention=convention)
+        out.append(Term(t.weight, kernel=t.kernel, op=op, neumann=t.neumann, name=t.name, host=t.host))
     return out
 
 
