@@ -19,8 +19,8 @@ CG runs 3 iterations (``maxiter=3``): the buffers are all allocated by then
                   inputs, less the output, with the transfer-function cache, the
                   cuFFT plans and the pool emptied first;
 * ``dev warm``    the same call again (spectra, preconditioner and plans cached);
-* ``estimate``    ``gpu_deconv._memory.per_image_bytes`` (what ``batch_size="auto"``
-                  uses on the GPU today);
+* ``estimate``    ``gpu_deconv._memory.per_image_bytes`` (the counted estimate that
+                  ``batch_size="auto"`` used before the measured model);
 * ``model``       :func:`gpu_deconv._memory_model.model_bytes` / B (margin included).
 
 The device is the simulator (``GPU_DECONV_SIMULATOR=1``, set by this script):

@@ -3,9 +3,10 @@
 ``deconvolve(..., batch_size=...)``:
 
 * ``None`` (default): the whole batch at once on the CPU, ``"auto"`` on the GPU;
-* ``"auto"``: :func:`per_image_bytes` of the chosen method against the free
-  device memory (``cupy.cuda.Device().mem_info`` plus what CuPy's pool holds
-  unused), with the safety factor :data:`SAFETY`;
+* ``"auto"``: the measured memory model of the chosen method
+  (:func:`gpu_deconv._memory_model.from_problem`, fitted on the simulated
+  device) against the free device memory (``cupy.cuda.Device().mem_info``
+  plus what CuPy's pool holds unused), with the safety factor :data:`SAFETY`;
 * an int: chunks of that many images.
 
 On the GPU a chunk that runs out of memory (``cupy.cuda.memory.OutOfMemoryError``,
@@ -80,7 +81,11 @@ def _band_bytes(prob, itemsize):
 
 
 def per_image_bytes(prob, method, precondition="band"):
-    """Estimated peak device memory of one image of `prob` solved by `method`, in bytes.
+    """Counted (not measured) peak device memory of one image of `prob` solved by `method`, in bytes.
+
+    ``batch_size="auto"`` plans with the measured model of :mod:`gpu_deconv._memory_model`
+    instead; this count stays as the baseline that model is compared with
+    (``benchmarks/memory_device.py``).
 
     Counts the work arrays a solve allocates beyond its inputs and its output
     (grid sizes x dtype size x number of arrays alive at the peak; a cuFFT work
