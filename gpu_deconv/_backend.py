@@ -244,6 +244,10 @@ class Backend:
             return int(self._fft.next_fast_len(int(n), real=True))
         return int(self._fft.next_fast_len(int(n)))
 
+    def asarray(self, a):
+        """`a` as an array of this backend (moved to the current device for CuPy; no copy if it is there)."""
+        return self.xp.asarray(a)
+
     def asnumpy(self, a):
         if self.name == "numpy":
             return np.asarray(a)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import io
-from ._backend import cupy_status, get_backend, get_workers
+from ._backend import _backend, cupy_status, get_backend, get_workers
 from ._typing import BOUNDARIES, CONVENTIONS, METHODS, MODES
 from ._validation import all_finite, check_dtype_arg, float_dtype, one_line
 
@@ -521,12 +521,17 @@ def _summary(prog: str, s: _Stats, n_failed: int, elapsed: float, device: str) -
 
 
 # ----------------------------------------------------------------- commands
+def _device_backend(cp: Any):
+    """The backend that moves arrays to the device --device chose (cp: cupy, or None for the CPU)."""
+    return _backend("numpy" if cp is None else "cupy")
+
+
 def _psf_on_device(args: argparse.Namespace) -> tuple[np.ndarray, Any, Any, str]:
-    """The --psf (host), the array module of --device, the PSF in it, and the device's label."""
+    """The --psf (host), the backend of --device, the PSF on that device, and the device's label."""
     h = _load_psf(args.psf, not args.no_normalize_psf)
     cp, label = _select_device(args.device)
-    xp = np if cp is None else cp
-    return h, xp, xp.asarray(h), label
+    bk = _device_backend(cp)
+    return h, bk, bk.asarray(h), label
 
 
 def _cmd_deconvolve(args: argparse.Namespace) -> int:
@@ -539,13 +544,13 @@ def _cmd_deconvolve(args: argparse.Namespace) -> int:
     if args.lam == "gcv" and args.method == "fft_approx":
         raise UsageError("--lam gcv needs an exact model; --method fft_approx is an approximation "
                          "(use --method auto or a numeric --lam)")
-    h, xp, hd, label = _psf_on_device(args)
+    h, bk, hd, label = _psf_on_device(args)
     nd = h.ndim
     reg = None if args.reg == "identity" else args.reg
 
     def apply(stack):
         try:
-            return deconvolve(xp.asarray(stack), hd, lam=args.lam, reg=reg, mode=args.mode,
+            return deconvolve(bk.asarray(stack), hd, lam=args.lam, reg=reg, mode=args.mode,
                               boundary=args.boundary, convention=args.convention, method=args.method,
                               rtol=args.rtol, maxiter=args.maxiter, return_info=True, ndim=nd,
                               noise_sigma=args.noise_sigma)
@@ -566,17 +571,17 @@ def _cmd_convolve(args: argparse.Namespace) -> int:
     from ._padding import output_shape
     from .conv import convolve
 
-    h, xp, hd, label = _psf_on_device(args)
+    h, bk, hd, label = _psf_on_device(args)
     nd = h.ndim
     rng = np.random.default_rng(args.seed)
 
     def apply(stack):
-        y = convolve(xp.asarray(stack), hd, args.mode, boundary=args.boundary, convention=args.convention,
+        y = convolve(bk.asarray(stack), hd, args.mode, boundary=args.boundary, convention=args.convention,
                      ndim=nd)
         if args.noise > 0:
             # Drawn on the host: the same seed gives the same noise on the CPU and the GPU.
             noise = rng.standard_normal(y.shape).astype(y.dtype) * args.noise
-            y = y + xp.asarray(noise)
+            y = y + bk.asarray(noise)
         return y, None
 
     t = _Transform("convolution", nd,
@@ -621,7 +626,7 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
     dtype = np.dtype(args.dtype) if args.dtype else np.float64
     x, y = x.astype(dtype), y.astype(dtype)
     if cp is not None:
-        x, y = cp.asarray(x), cp.asarray(y)
+        x, y = _device_backend(cp).asarray(x), _device_backend(cp).asarray(y)
     t0 = time.perf_counter()
     try:
         h = estimate_kernel(x, y, ks, lam=args.lam, mode=args.mode, boundary=args.boundary,
@@ -753,10 +758,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     host = (x, y_same, y_valid, h)
     if cp is not None:
-        dev = tuple(cp.asarray(a) for a in host)
+        gbk = _device_backend(cp)
+        dev = tuple(gbk.asarray(a) for a in host)
 
         def gsync():
-            cp.cuda.Device().synchronize()
+            gbk.synchronize()
 
     rows = []
     for name, fn in cases:
