@@ -193,13 +193,15 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     zero_rhs = bnorm == 0
     safe_bnorm = xp.where(zero_rhs, 1, bnorm)
     if x0 is None:
+        # b = 0 exactly where its norm is 0 (b was scaled so that its largest value squares
+        # without underflow): x = 0 and r = b are already that answer there, no mask pass.
         x = xp.zeros_like(b)
         r = b.copy()
     else:
         x = xp.array(x0, dtype=b.dtype, order="C", copy=True)
         r = vec(b - A(x))
-    x[zero_rhs] = 0  # the exact answer of b = 0
-    r[zero_rhs] = 0
+        x[zero_rhs] = 0  # the exact answer of b = 0
+        r[zero_rhs] = 0
     res = xp.sqrt(ops.dot(r, r)) / safe_bnorm
     active = (res > rtol) & ~zero_rhs
     breakdown = xp.zeros(batch, dtype=bool)
