@@ -177,11 +177,9 @@ class Backend:
         ``GPU_DECONV_DISABLE_KERNELS`` is set (read at every call, so a test can
         flip it between two solves); NumPy always gets the array expressions.
         """
-        kind = "array"
-        if self.name == "cupy":
-            from ._cuda import kernels_disabled
+        from ._cuda import enabled  # the one switch of the custom kernels
 
-            kind = "array" if kernels_disabled() else "cuda"
+        kind = "cuda" if enabled(self) else "array"
         ops = self._ops.get(kind)
         if ops is None:
             if kind == "cuda":

@@ -63,7 +63,7 @@ def _circulant_grid(prob):
     return tuple(bk.next_fast_len(n + 2 * (k - 1)) for n, k in zip(prob.n, prob.kshape))
 
 
-def _band_bytes(prob, itemsize):
+def band_bytes(prob, itemsize):
     """Per image: the inverted band blocks of the band preconditioner (dense, per tangential frequency)."""
     total = 0
     nd = prob.ndim
@@ -134,7 +134,7 @@ def per_image_bytes(prob, method, precondition="band"):
             pg = _circulant_grid(prob)
             pre = s * _half(pg) + 2 * s * math.prod(pg) + 2 * c * _half(pg)
             if precondition == "band":
-                pre += _band_bytes(prob, s)
+                pre += band_bytes(prob, s)
         est = vectors + normal + pre + own_h
     return int(est) + 1
 

@@ -19,7 +19,7 @@ the dtype size, ``W`` the number of values of the method's work grid
 (:func:`work_values`: the unknown for the DCT, the data term's FFT grid for the
 closed form, the larger of that and the preconditioner's padded grid for CG),
 ``band`` the dense blocks of the band preconditioner (CG outside ``same`` +
-``symmetric``; ``gpu_deconv._memory._band_bytes``, built once per batch), and
+``symmetric``; ``gpu_deconv._memory.band_bytes``, built once per batch), and
 ``fixed`` / ``per_image`` the coefficients of :data:`COEFFS`: measured on the
 simulator (cold calls, B = 1 and 8 at 128^2, 256^2 and 512^2, float32 and float64;
 B = 1 and 2 at 1024^2, float32; ``benchmarks/memory_device.py``), the largest
@@ -174,7 +174,7 @@ def from_problem(prob, method, precondition="band"):
     what each image adds. Both count what the call allocates beyond its
     inputs and its output.
     """
-    from ._memory import _band_bytes
+    from ._memory import band_bytes
 
     s = np.dtype(prob.dtype).itemsize
     if np.dtype(prob.dtype).kind == "c":  # complex: full spectra; measured only for real data
@@ -183,7 +183,7 @@ def from_problem(prob, method, precondition="band"):
     w = work_values(prob, method) * s
     fixed = fixed_w * w
     if _uses_band_blocks(prob, method, precondition):
-        fixed += _band_bytes(prob, np.dtype(prob.dtype).itemsize)
+        fixed += band_bytes(prob, np.dtype(prob.dtype).itemsize)
     per = per_w * w
     if prob.A.kernel_batch:  # one kernel per image: nothing is shared
         per, fixed = per + fixed, 0.0

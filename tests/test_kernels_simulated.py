@@ -258,7 +258,7 @@ def test_sherman_morrison_kernel(rng, dtype, C):
     Y = _crandn(rng, (B,) + F, dtype)
     Z = _crandn(rng, (B, C) + F, dtype)
     alpha = rng.uniform(0.2, 1.5, B).astype(dtype)
-    want = ArrayOps(numpy_backend()).sherman_morrison(D, Y, Z, alpha.reshape(B, 1, 1))
+    want = ARRAY_OPS.sherman_morrison(D, Y, Z, alpha.reshape(B, 1, 1))
     for grid in grids_1d(B * nf):
         got = np.full_like(Z, np.nan)
         launch("sherman_morrison", dtype, grid, (D, Y, Z, alpha, got, I64(B * nf), I64(C), I64(nf)))
@@ -533,7 +533,7 @@ def test_spectral_multichannel_cg_under_address_sanitizer(tmp_path, rng):
     out, _ = module("multichannel", np.float64).run_sanitized("address", mbufs, [
         ("gd_sherman_morrison_f64", (2,), BLOCK,
          (m[0], m[1], m[2], m[3], m[4], I64(B * nf), I64(C), I64(nf)))])
-    want = ArrayOps(numpy_backend()).sherman_morrison(D, Y, Z, alpha.reshape(B, 1, 1))
+    want = ARRAY_OPS.sherman_morrison(D, Y, Z, alpha.reshape(B, 1, 1))
     assert_close(out[4].view(np.float64), want.view(np.float64), np.float64, factor=10)
     cbufs, launches = _reduction_launches(np.float64, 3, 300, 2, 2)
     out, _ = module("cg", np.float64).run_sanitized("address", cbufs, launches)

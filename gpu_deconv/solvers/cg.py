@@ -238,7 +238,7 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         breakdown |= bad
         active &= ~bad
         if deferred:
-            broken = bad
+            broken = bad  # a fresh array: the second check below ORs into it in place
         elif bool(bad.any()):
             r[bad] = 0
             p[bad] = 0
@@ -251,7 +251,7 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
         breakdown |= bad
         active &= ~bad
         if deferred:
-            broken = broken | bad
+            broken |= bad
         elif bool(bad.any()):
             r[bad] = 0
             p[bad] = 0
