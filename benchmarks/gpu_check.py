@@ -116,12 +116,12 @@ def compile_all(cp, rep):
     names = {}
     for kind in _cuda.SIGNATURES:
         for dt in DTYPES:
-            if kind in ("pad", "fold"):
+            if kind in _cuda.launch.PER_BOUNDARY:
                 for b in BOUNDARIES:
                     for nd in (1, 2, 3):
                         names.setdefault((_cuda.MODULE_OF[kind], np.dtype(dt).str), []).append(
                             _cuda.kernel_name(kind, dt, boundary=b, ndim=nd))
-            elif kind in ("crop", "mask"):
+            elif kind in _cuda.launch.PER_NDIM:
                 for nd in (1, 2, 3):
                     names.setdefault((_cuda.MODULE_OF[kind], np.dtype(dt).str), []).append(
                         _cuda.kernel_name(kind, dt, ndim=nd))
@@ -158,9 +158,12 @@ def _err(got, want):
 def launcher_checks(cp):
     """(name, dtype, relative error) of each launcher against the generic CuPy path."""
     from gpu_deconv._backend import get_backend
+    from gpu_deconv._direct import StencilSum
     from gpu_deconv._ops import ArrayOps
     from gpu_deconv._padding import plan_axis
+    from gpu_deconv.operators import ConvolutionOperator
     from gpu_deconv.solvers import closed_form as cf
+    from gpu_deconv.solvers.regularizers import difference_kernel, laplacian_kernel
 
     bk = _backend("cupy")
     rng = np.random.default_rng(0)
@@ -199,6 +202,19 @@ def launcher_checks(cp):
             want = cp.zeros_like(v)
             want[win] = small
             yield f"embed {nd}-D", dt, _err(_cuda.embed(small, G), want)
+        for boundary in BOUNDARIES:
+            for nd, n in ((1, (11,)), (2, (9, 8)), (3, (5, 6, 7))):
+                lap = ConvolutionOperator(cp.asarray(laplacian_kernel(nd).astype(dt)), n, "same",
+                                          boundary=boundary)
+                grads = [ConvolutionOperator(cp.asarray(difference_kernel(nd, a).astype(dt)), n, "same",
+                                             boundary=boundary) for a in range(nd)]
+                S = StencilSum([(0.5,) + lap.direct_term()] + [(2.0,) + g.direct_term() for g in grads]
+                               + [(0.25, None, None)], n)
+                x = cp.asarray(rng.standard_normal((3,) + n).astype(dt))
+                sc = cp.asarray(rng.uniform(0.5, 2, 3).astype(dt))
+                with generic_path():
+                    want = S.apply(ArrayOps(get_backend(x=x)), x, (3,), sc.reshape((3,) + (1,) * nd))
+                yield f"stencil_normal {boundary} {nd}-D", dt, _err(_cuda.stencil_normal(x, S, sc), want)
         B, F = 3, (9, 5)
         H, Y, Z = crandn((B,) + F), crandn((B,) + F), crandn((B,) + F)
         R = cp.asarray(rng.uniform(0.5, 2.0, F).astype(dt))
@@ -332,6 +348,16 @@ def benchmark(cp, rep, size=2048, batch=16):
         per_iter = max(cg(6) - cg(3), 0.0) / 3
     pair = fft_pair(A.grid_shape)
     rows.append((f"one FFT pair on the CG grid {A.grid_shape}", pair, 1.0, ""))
+    lap = gd.ConvolutionOperator(cp.asarray(np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)),
+                                 (size, size), "same")
+    x = cp.ascontiguousarray(y)
+    stencil = timed(lambda: lap.normal_unchecked(x, (batch,)))
+    with generic_path():
+        shift_add = timed(lambda: lap.normal_unchecked(x, (batch,)))
+    rows.append(("Laplacian normal operator, one stencil kernel (ratio: to one FFT pair)", stencil,
+                 stencil / pair, "well under 1"))
+    rows.append(("the same, shift-and-add array expressions (ratio: to the kernel)", shift_add,
+                 shift_add / stencil, ""))
     rows.append(("one PCG iteration, valid, laplacian (6 minus 3 iterations, / 3)", per_iter, per_iter / pair,
                  "<= 1.5 x its FFT pairs (ratio here: to ONE pair)"))
     t = time.perf_counter()

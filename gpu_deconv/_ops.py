@@ -240,6 +240,16 @@ class ArrayOps:
         b /= chan(alpha)
         return b
 
+    # ----------------------------------------------- small-kernel normal operators
+    def stencil_normal(self, x, stencil, batch, scale=None):
+        """``scale * sum_t w_t G_t^T G_t x`` of a :class:`gpu_deconv._direct.StencilSum`.
+
+        `x` has shape ``(*batch, *stencil.n)`` in the working dtype; `scale` is
+        None or broadcastable against x with one value per image (or one for
+        all). Term by term with shift-and-add here; one gather pass on the GPU.
+        """
+        return stencil.apply(self, x, batch, scale)
+
     # ---------------------------------------------------------------- CG
     def cg_ops(self, batch, n, dtype):
         """The vector passes of the batched CG for systems of shape `n`, `batch` of them."""

@@ -17,7 +17,7 @@ import numpy as np
 from . import _cache
 from ._axes import check_axes, from_last, natural_shape, to_last
 from ._backend import get_backend, is_cupy_array
-from ._direct import DirectPlan, direct_adjoint, direct_forward
+from ._direct import DirectPlan, StencilSum, direct_adjoint, direct_forward
 from ._padding import plan_axis, source_index
 from ._spectra import abs2, kernel_spectrum
 from ._typing import Array, ArrayLike, Boundary, Convention, DTypeLike, Mode
@@ -196,6 +196,7 @@ class ConvolutionOperator:
         self._key = None
         self._h_host = None  # the kernel on the host, fetched once when first needed
         self._direct = None  # resolved lazily: a DirectPlan, or False for the FFT path
+        self._stencil = None  # the StencilSum of the normal operator on the shift-and-add path
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -412,6 +413,17 @@ class ConvolutionOperator:
                 self._direct = DirectPlan(hh, plans, self.boundary)
         return self._direct or None
 
+    def direct_term(self):
+        """``(DirectPlan, h)`` when the operator takes the shift-and-add path, else None.
+
+        That path serves one real kernel with at most ``DIRECT_MAX_TAPS``
+        nonzero taps (per-image kernels too, though :class:`StencilSum` takes
+        only a single kernel). Part of the trusted core: the solvers sum such
+        normal operators in one pass (:meth:`gpu_deconv._ops.ArrayOps.stencil_normal`).
+        """
+        dp = self._direct_plan()
+        return None if dp is None else (dp, self._h)
+
     def _promote(self, a):
         """`a` in the working dtype (complex when the kernel is complex)."""
         wdt = self._wdt(a.dtype)
@@ -515,6 +527,10 @@ class ConvolutionOperator:
             return xp.zeros(batch + self.spatial_in_shape, dtype=x.dtype)
         dp = self._direct_plan()
         if dp is not None:
+            if not self.kernel_batch:  # one gather pass on the GPU (ops.stencil_normal)
+                if self._stencil is None:  # its device tables are made once per operator
+                    self._stencil = StencilSum([(1.0, dp, self._h)], self.spatial_in_shape)
+                return bk.ops.stencil_normal(x, self._stencil, batch)
             h = self._h_as(x.real.dtype)
             return direct_adjoint(bk.ops, direct_forward(bk.ops, x, h, dp, batch), h, dp, batch)
         cplx = x.dtype.kind == "c"

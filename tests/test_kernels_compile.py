@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from gpu_deconv import _cuda
+from gpu_deconv._cuda import launch as _launch
 from gpu_deconv._cuda import modules as _kernels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,10 +157,10 @@ def _expected_names(module, dtype):
     for kind, mod in _cuda.MODULE_OF.items():
         if mod != module:
             continue
-        if kind in ("pad", "fold"):
+        if kind in _launch.PER_BOUNDARY:
             names |= {_cuda.kernel_name(kind, dtype, boundary=b, ndim=nd)
                       for b in _cuda.BOUNDARY_CODES for nd in range(1, _cuda.MAX_NDIM + 1)}
-        elif kind in ("crop", "mask"):
+        elif kind in _launch.PER_NDIM:
             names |= {_cuda.kernel_name(kind, dtype, ndim=nd) for nd in range(1, _cuda.MAX_NDIM + 1)}
         else:
             names.add(_cuda.kernel_name(kind, dtype))
@@ -219,7 +220,7 @@ def test_sources_use_no_outside_headers():
 
 
 # ---------------------------------------------------------------- signatures
-_CTYPES = {"i64": "long long", "i32": "int", "f64*": "double*"}
+_CTYPES = {"i64": "long long", "i32": "int", "f64*": "double*", "i64*": "long long*"}
 
 
 def _c_type(spec, dtype):

@@ -216,6 +216,30 @@ def test_the_stand_in_is_strict(sim):
         k((1, 70000), (32,), (a, np.int64(6), np.int32(1)))
 
 
+@pytest.mark.gpu
+@SIM_ONLY
+def test_the_stand_in_counts_the_passes_cupy_would_launch(sim):
+    cp, st = sim
+    big = st.SMALL_PASS + 1
+    a = cp.ones((2, big))
+    cases = [
+        (lambda: a * 2, 1, 0),  # a ufunc: one elementwise kernel
+        (lambda: cp.multiply(a, 2, out=a), 1, 0),  # in place too
+        (lambda: a.reshape(-1), 0, 0),  # views launch nothing
+        (lambda: cp.moveaxis(a, 0, 1), 0, 0),
+        (lambda: a.astype(a.dtype, copy=False), 0, 0),
+        (lambda: a.astype(cp.float32), 1, 0),  # a cast is a copy
+        (lambda: a.sum(axis=1), 0, 1),  # a reduction to per-image values: small
+        (lambda: a[:, :3] + 1, 0, 1),
+        (lambda: a.__setitem__((0, slice(None)), 0.0), 1, 0),  # a slice assignment: a copy kernel
+        (lambda: a[:, cp.asarray(np.arange(big))], 1, 0),  # integer-array indexing: a gather
+    ]
+    for i, (fn, passes, small) in enumerate(cases):
+        st.STATS.reset()
+        fn()
+        assert (st.STATS.array_passes, st.STATS.small_passes) == (passes, small), f"case {i}"
+
+
 NEEDS_CXX = pytest.mark.skipif(executor.compiler() is None,
                                reason="no C++ compiler: the simulator cannot build kernels")
 
@@ -266,6 +290,9 @@ def test_gpu_check_script_runs_on_the_simulator(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr + report[-3000:]
     assert "ALL CHECKS PASSED" in report and "SIMULATOR RUN" in report
     rows = [ln for ln in report.splitlines() if ln.endswith("| ok |")]
-    assert len(rows) == 8 + 2 * (2 * 5 * 3 + 3 * 3 + 6 + 4 * 3), len(rows)  # modules + launcher rows
+    # modules x precisions, then per precision: pad/fold, crop/mask/embed, spectral & multichannel,
+    # the CG kernels, stencil_normal (every boundary, 1-3 axes)
+    per_dtype = 2 * 5 * 3 + 3 * 3 + 6 + 4 * 3 + 5 * 3
+    assert len(rows) == 2 * len(_cuda.modules.MODULES) + 2 * per_dtype, len(rows)
     assert "FAILED" not in report
     assert "one PCG iteration" in report and "NumPy path" in report  # the timing code ran (tiny sizes)

@@ -4,14 +4,16 @@ The generic code of gpu_deconv runs on CuPy arrays as it stands (``bk.xp`` is
 cupy, the FFTs are cuFFT); these kernels replace its multi-pass steps by
 one-pass ones: padding into the FFT grid and the exact adjoint fold (a gather,
 no atomics), the window crop/mask, the closed-form spectral division, the
-preconditioner product, the multi-channel Sherman-Morrison solve, and the
-fused updates and per-image dot products of the batched CG.
+preconditioner product, the multi-channel Sherman-Morrison solve, the sum
+of small-kernel normal operators (the Laplacian and gradient regularizers)
+as one gather, and the fused updates and per-image dot products of the
+batched CG.
 
 Layout: :mod:`.modules` finds and compiles the sources (one memo per device,
 :func:`.modules.per_device`); :mod:`.launch` owns the launch contract (names,
 signatures, grids, argument conversion); one module per ``.cu`` file holds its
 launchers (:mod:`.pad_extract`, :mod:`.spectral`, :mod:`.multichannel`,
-:mod:`.cg`); :mod:`.ops` is the CUDA side of the device seam
+:mod:`.cg`, :mod:`.stencil`); :mod:`.ops` is the CUDA side of the device seam
 (:class:`gpu_deconv._ops.ArrayOps`), the only caller of the launchers.
 
 Every launcher takes CuPy arrays, checks dtypes, shapes and contiguity
@@ -44,6 +46,7 @@ from .launch import (
 from .multichannel import sherman_morrison, sherman_morrison_supported
 from .pad_extract import crop, embed, fold_from_grid, mask_window, pad_to_grid
 from .spectral import precondition_apply, spectral_extrema, spectral_solve
+from .stencil import stencil_normal
 
 __all__ = [
     "ENV_DISABLE",
@@ -58,6 +61,7 @@ __all__ = [
     "spectral_solve",
     "spectral_extrema",
     "precondition_apply",
+    "stencil_normal",
     "sherman_morrison",
     "sherman_morrison_supported",
     "CGKernels",

@@ -34,7 +34,8 @@ REDUCE_BLOCKS = 2048
 MAX_PARTIALS = 1024
 
 # Parameter kinds of every kernel, in order: "T*" / "C*" a C-contiguous
-# array of the real / complex working dtype, "f64*" a float64 array, a
+# array of the real / complex working dtype, "f64*" / "i64*" a float64 /
+# int64 array, a
 # leading "?" allows None (the kernel gets a stand-in it does not read, see
 # stand_in); "i64" / "i32" scalars (long long / int).
 _GEOM = ("i64",) * 12
@@ -53,6 +54,7 @@ SIGNATURES = {
     "cg_update_xr": ("T*", "T*", "T*", "T*", "f64*", "f64*", "i64", "i64", "i64"),
     "cg_update_p": ("T*", "T*", "f64*", "i64", "i64"),
     "sum_partials": ("f64*", "f64*", "i64", "i64"),
+    "stencil_normal": ("T*", "T*", "T*", "i64*", "T*", "i64", "i64", "i64", "i64", "i64"),
 }
 
 #: Which kernels/<module>.cu defines each kind of kernel.
@@ -62,7 +64,12 @@ MODULE_OF = {
     "precond_mul": "spectral", "precond_div": "spectral",
     "sherman_morrison": "multichannel",
     "dot_partial": "cg", "cg_update_xr": "cg", "cg_update_p": "cg", "sum_partials": "cg",
+    "stencil_normal": "stencil",
 }
+
+#: Kinds with one kernel per (boundary, ndim), and with one per ndim; the others have one.
+PER_BOUNDARY = ("pad", "fold", "stencil_normal")
+PER_NDIM = ("crop", "mask")
 
 COMPLEX_OF = {np.dtype(np.float32): np.dtype(np.complex64), np.dtype(np.float64): np.dtype(np.complex128)}
 REAL_OF = {c: r for r, c in COMPLEX_OF.items()}
@@ -74,12 +81,12 @@ def kernel_name(kind, dtype, *, boundary=None, ndim=None) -> str:
     if kind not in SIGNATURES:
         raise ValueError(f"kind must be one of {', '.join(SIGNATURES)}; got {kind!r}")
     sfx = modules.dtype_suffix(dtype)
-    if kind in ("pad", "fold"):
+    if kind in PER_BOUNDARY:
         if boundary not in BOUNDARY_CODES:
             raise ValueError(f"boundary must be one of {', '.join(BOUNDARY_CODES)}; got {boundary!r}")
         check_nd(ndim)
         return f"gd_{kind}_{boundary}_{int(ndim)}d_{sfx}"
-    if kind in ("crop", "mask"):
+    if kind in PER_NDIM:
         check_nd(ndim)
         return f"gd_{kind}_{int(ndim)}d_{sfx}"
     if kind == "sum_partials":
@@ -178,7 +185,7 @@ def convert_args(kind, dtype, args, device_id):
     if len(args) != len(spec):
         raise TypeError(f"kernel {kind} takes {len(spec)} arguments; got {len(args)}")
     real = np.dtype(dtype)
-    want = {"T": real, "C": COMPLEX_OF[real], "f64": np.dtype(np.float64)}
+    want = {"T": real, "C": COMPLEX_OF[real], "f64": np.dtype(np.float64), "i64": np.dtype(np.int64)}
     out = []
     for i, (s, a) in enumerate(zip(spec, args)):
         if s in ("i64", "i32"):

@@ -25,7 +25,7 @@ __all__ = ["MODULES", "source_dir", "compile_options", "get_module", "get_functi
            "per_device", "clear"]
 
 #: The .cu files of kernels/ (without extension), one RawModule each.
-MODULES = ("pad_extract", "spectral", "multichannel", "cg")
+MODULES = ("pad_extract", "spectral", "multichannel", "cg", "stencil")
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 

@@ -16,6 +16,7 @@ from .cg import CGKernels
 from .multichannel import sherman_morrison, sherman_morrison_supported
 from .pad_extract import crop, embed, fold_from_grid, mask_window, pad_to_grid
 from .spectral import precondition_apply, spectral_extrema, spectral_solve
+from .stencil import stencil_normal
 
 __all__ = ["CudaOps"]
 
@@ -105,6 +106,14 @@ class CudaOps(ArrayOps):
             # One pass per frequency on the GPU, with no (..., C, *f) temporaries.
             return sherman_morrison(D, Y, Z, alpha)
         return super().sherman_morrison(D, Y, Z, alpha)
+
+    # ----------------------------------------------- small-kernel normal operators
+    def stencil_normal(self, x, stencil, batch, scale=None):
+        if stencil.boundary is not None and self._serves(x, len(stencil.n)) \
+                and (scale is None or _real(scale)):
+            # One gather pass for the whole sum (a dozen shift-and-add passes otherwise).
+            return stencil_normal(x, stencil, scale)
+        return super().stencil_normal(x, stencil, batch, scale)
 
     # ---------------------------------------------------------------- CG
     def cg_ops(self, batch, n, dtype):

@@ -89,8 +89,23 @@ class DeviceSynchronized(RuntimeError):
 
 
 # ------------------------------------------------------------- statistics
+#: Passes whose result has at most this many elements are counted as small (latency-bound).
+SMALL_PASS = 1024
+
+
 class Stats:
-    """Counters of the simulated device (reset with :meth:`reset`)."""
+    """Counters of the simulated device (reset with :meth:`reset`).
+
+    ``launches`` are the package's own kernels (RawKernel launches, by name);
+    ``array_passes`` estimates the kernels CuPy itself would launch for the
+    array expressions: every ufunc call (in place or not), every slice
+    assignment, and every other array function or method whose result owns
+    fresh memory (a copy, a reduction, a cast); views (reshape, moveaxis,
+    slicing) count nothing. An estimate, since CuPy fuses nothing here either.
+    Passes over at most :data:`SMALL_PASS` elements (per-image scalars: the
+    CG's steps and flags) count as ``small_passes`` instead: on a device they
+    cost a launch's latency, not memory bandwidth.
+    """
 
     def __init__(self):
         self.reset()
@@ -102,10 +117,19 @@ class Stats:
         self.syncs = 0
         self.plans_created = 0
         self.irfft_input_copies = 0
+        self.array_passes = 0
+        self.small_passes = 0
+
+    def count_pass(self, size):
+        if size > SMALL_PASS:
+            self.array_passes += 1
+        else:
+            self.small_passes += 1
 
     def snapshot(self):
         return {"launches": sum(self.launches.values()), "ffts": sum(self.ffts.values()),
-                "allocations": self.allocations, "syncs": self.syncs}
+                "allocations": self.allocations, "syncs": self.syncs, "array_passes": self.array_passes,
+                "small_passes": self.small_passes}
 
 
 STATS = Stats()
@@ -235,11 +259,25 @@ def _wrap(x, ids=None):
     return x
 
 
-def _call(fn, args, kwargs):
-    ids: dict = {}
+def _arrays(result):
+    items = result if isinstance(result, (tuple, list)) else (result,)
+    return [r for r in items if isinstance(r, np.ndarray)]
+
+
+def _call(fn, args, kwargs, *, passes=None, owner=None):
+    """`fn` on the payloads; counts a pass when it computed (see :class:`Stats`).
+
+    `owner` is the device array whose method `fn` is (its payload is an input too).
+    """
+    ids: dict = {} if owner is None else {id(owner._a): owner}
     a = _unwrap(args, ids)
     k = _unwrap(kwargs, ids)
-    return _wrap(fn(*a, **k), ids)
+    out = fn(*a, **k)
+    arrays = _arrays(out)
+    if arrays and (passes or isinstance(fn, np.ufunc)
+                   or any(r.flags.owndata and id(r) not in ids for r in arrays)):
+        STATS.count_pass(max(r.size for r in arrays))
+    return _wrap(out, ids)
 
 
 class _Data:
@@ -400,7 +438,7 @@ class ndarray(NDArrayOperatorsMixin):
         if callable(attr):
             @functools.wraps(attr)
             def method(*args, **kwargs):
-                return _call(attr, args, kwargs)
+                return _call(attr, args, kwargs, owner=self)
             return method
         return _wrap(attr)
 
@@ -409,15 +447,20 @@ class ndarray(NDArrayOperatorsMixin):
         idx = _unwrap(idx)
         if _has_bool_mask(idx):
             _sync("boolean-mask indexing")
-        return _wrap(self._a[idx])
+        out = self._a[idx]
+        if out.ndim and not np.may_share_memory(out, self._a):  # integer-array indexing: a gather kernel
+            STATS.count_pass(out.size)
+        return _wrap(out)
 
     def __setitem__(self, idx, value):
         # A host array assigned into a device array is copied over (CuPy does so too).
+        target = self._a[_unwrap(idx)] if not _has_bool_mask(_unwrap(idx)) else self._a
         self._a[_unwrap(idx)] = value if isinstance(value, np.ndarray) else _unwrap(value)
+        STATS.count_pass(np.size(target))
 
     # --- NumPy protocols: ufuncs and functions run on the payload, results stay on the device
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        return _call(getattr(ufunc, method), inputs, kwargs)
+        return _call(getattr(ufunc, method), inputs, kwargs, passes=True)
 
     def __array_function__(self, func, types_, args, kwargs):
         return _call(func, args, kwargs)

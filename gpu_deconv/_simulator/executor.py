@@ -52,6 +52,7 @@ CUDA_LIMITS = {"grid": (2**31 - 1, 65535, 65535), "block": (1024, 1024, 64), "th
 _C_DTYPES = {
     "float": np.dtype(np.float32), "double": np.dtype(np.float64),
     "gd_complex<float>": np.dtype(np.complex64), "gd_complex<double>": np.dtype(np.complex128),
+    "long long": np.dtype(np.int64),
 }
 _C_SCALARS = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int),
               "unsigned int": (np.uint32, ctypes.c_uint),

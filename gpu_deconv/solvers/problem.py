@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _memory
+from .._direct import StencilSum
 from .._spectra import abs2
 from .._typing import Boundary, Convention, Mode
 from .._validation import real_dtype
@@ -143,10 +144,14 @@ class Problem:
         lam = image_scalars(bk, self.lam, rdt, nd)
         alpha = image_scalars(bk, self.alpha, rdt, nd)
         use_alpha = self.use_alpha
+        stencil = self._reg_stencil() if self.use_reg else None
 
         def apply(x):
             # The regularizer first, scaled in place: at most one extra array alive during A's normal.
-            if self.use_reg:
+            if stencil is not None:  # one gather pass on the GPU
+                out = bk.ops.stencil_normal(x, stencil, x.shape[:1], lam)
+                out += A.normal_unchecked(x, x.shape[:1])
+            elif self.use_reg:
                 out = self._normal_reg(x)
                 if out is x:
                     out = lam * out
@@ -160,6 +165,22 @@ class Problem:
             return out
 
         return apply
+
+    def _reg_stencil(self):
+        """The regularizer as one :class:`StencilSum` when every term is the identity or small-kernel.
+
+        None when some term takes the FFT path (or has per-image kernels).
+        """
+        items = []
+        for t in self.terms:
+            if t.is_identity:
+                items.append((t.weight, None, None))
+                continue
+            d = t.op.direct_term()
+            if d is None or t.op.kernel_batch or t.op.spatial_in_shape != tuple(self.n):
+                return None
+            items.append((t.weight,) + d)
+        return StencilSum(items, self.n)
 
     def _normal_reg(self, x):
         """sum_i w_i G_i^H G_i x (without lam)."""
