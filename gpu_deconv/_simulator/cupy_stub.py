@@ -104,7 +104,9 @@ class Stats:
     slicing) count nothing. An estimate, since CuPy fuses nothing here either.
     Passes over at most :data:`SMALL_PASS` elements (per-image scalars: the
     CG's steps and flags) count as ``small_passes`` instead: on a device they
-    cost a launch's latency, not memory bandwidth.
+    cost a launch's latency, not memory bandwidth. ``array_pass_bytes`` sums
+    the bytes each image-sized pass produces (a pass over the face rows of
+    an image moves far less than one over the image).
     """
 
     def __init__(self):
@@ -118,18 +120,21 @@ class Stats:
         self.plans_created = 0
         self.irfft_input_copies = 0
         self.array_passes = 0
+        self.array_pass_bytes = 0
         self.small_passes = 0
 
-    def count_pass(self, size):
-        if size > SMALL_PASS:
+    def count_pass(self, a):
+        """One pass producing (or writing) the NumPy array `a`."""
+        if a.size > SMALL_PASS:
             self.array_passes += 1
+            self.array_pass_bytes += a.nbytes
         else:
             self.small_passes += 1
 
     def snapshot(self):
         return {"launches": sum(self.launches.values()), "ffts": sum(self.ffts.values()),
                 "allocations": self.allocations, "syncs": self.syncs, "array_passes": self.array_passes,
-                "small_passes": self.small_passes}
+                "array_pass_bytes": self.array_pass_bytes, "small_passes": self.small_passes}
 
 
 STATS = Stats()
@@ -276,7 +281,7 @@ def _call(fn, args, kwargs, *, passes=None, owner=None):
     arrays = _arrays(out)
     if arrays and (passes or isinstance(fn, np.ufunc)
                    or any(r.flags.owndata and id(r) not in ids for r in arrays)):
-        STATS.count_pass(max(r.size for r in arrays))
+        STATS.count_pass(max(arrays, key=lambda r: r.size))
     return _wrap(out, ids)
 
 
@@ -449,14 +454,15 @@ class ndarray(NDArrayOperatorsMixin):
             _sync("boolean-mask indexing")
         out = self._a[idx]
         if out.ndim and not np.may_share_memory(out, self._a):  # integer-array indexing: a gather kernel
-            STATS.count_pass(out.size)
+            STATS.count_pass(out)
         return _wrap(out)
 
     def __setitem__(self, idx, value):
         # A host array assigned into a device array is copied over (CuPy does so too).
-        target = self._a[_unwrap(idx)] if not _has_bool_mask(_unwrap(idx)) else self._a
-        self._a[_unwrap(idx)] = value if isinstance(value, np.ndarray) else _unwrap(value)
-        STATS.count_pass(np.size(target))
+        idx = _unwrap(idx)
+        self._a[idx] = value if isinstance(value, np.ndarray) else _unwrap(value)
+        # The written part (the whole array for a boolean mask: the kernel scans it all).
+        STATS.count_pass(self._a if _has_bool_mask(idx) else np.asarray(self._a[idx]))
 
     # --- NumPy protocols: ufuncs and functions run on the payload, results stay on the device
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
