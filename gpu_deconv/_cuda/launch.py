@@ -44,6 +44,8 @@ SIGNATURES = {
     "fold": ("T*", "T*", "i64") + _GEOM,
     "crop": ("T*", "T*", "i64") + _WIN,
     "mask": ("T*", "i64") + _WIN,
+    "embed_scaled": ("T*", "T*", "T*", "i64") + _WIN,
+    "crop_scaled": ("T*", "T*", "T*", "i64") + _WIN,
     "spectral_solve": ("C*", "C*", "?T*", "T*", "T*", "?C*", "i64", "i64", "i64", "i64", "i32", "i32"),
     "spectral_extrema": ("C*", "?T*", "T*", "T*", "T*", "T*", "i64", "i64", "i64", "i64", "i64", "i32"),
     "precond_mul": ("C*", "T*", "i64", "i64", "i64"),
@@ -58,6 +60,7 @@ SIGNATURES = {
 #: Which kernels/<module>.cu defines each kind of kernel.
 MODULE_OF = {
     "pad": "pad_extract", "fold": "pad_extract", "crop": "pad_extract", "mask": "pad_extract",
+    "embed_scaled": "pad_extract", "crop_scaled": "pad_extract",
     "spectral_solve": "spectral", "spectral_extrema": "spectral",
     "precond_mul": "spectral", "precond_div": "spectral",
     "sherman_morrison": "multichannel",
@@ -80,6 +83,9 @@ def kernel_name(kind, dtype, *, boundary=None, ndim=None) -> str:
         check_nd(ndim)
         return f"gd_{kind}_{boundary}_{int(ndim)}d_{sfx}"
     if kind in ("crop", "mask"):
+        check_nd(ndim)
+        return f"gd_{kind}_{int(ndim)}d_{sfx}"
+    if kind in ("embed_scaled", "crop_scaled"):  # the window kernels with a diagonal weight
         check_nd(ndim)
         return f"gd_{kind}_{int(ndim)}d_{sfx}"
     if kind == "sum_partials":
