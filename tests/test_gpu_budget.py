@@ -90,3 +90,33 @@ def test_pcg_iteration_at_most_one_host_sync(pcg_iteration):
 def test_pcg_iteration_counts_are_bounded(pcg_iteration):
     # Today's counts (5 FFT pairs, 13 launches) as a ceiling: the budget may only go down.
     assert pcg_iteration["ffts"] <= 10 and pcg_iteration["launches"] <= 13, pcg_iteration
+
+
+@pytest.fixture(scope="module", params=[("valid", "zero"), ("same", "symmetric")], ids=lambda p: "+".join(p))
+def pcg_launches(request):
+    """Launches per kernel of one PCG iteration (band / DCT preconditioner): 3 iterations minus 2."""
+    import collections
+
+    import cupy as cp
+
+    mode, boundary = request.param
+    rng = np.random.default_rng(2)
+    h = cp.asarray(np.outer([1.0, 2, 1], [1, 3, 3, 1]).astype(np.float32) / 32)
+    y = cp.asarray(rng.standard_normal((3, 40, 36)).astype(np.float32))
+
+    def launches(iters):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # maxiter reached on purpose
+            s = _counts(lambda: gd.deconvolve(y, h, mode=mode, boundary=boundary, lam=1e-2, reg="laplacian",
+                                              method="cg", maxiter=iters, rtol=1e-30))
+        return collections.Counter(s.launches)  # a copy: STATS is reset by the next count
+
+    return launches(3) - launches(2)
+
+
+def test_pcg_taper_rides_in_the_embed_and_crop_kernels(pcg_launches):
+    # The preconditioner's circulant part T C^-1 T: the weight T inside the zero-fill into the
+    # grid and inside the crop (one launch each), not a product array before and a pass after.
+    assert pcg_launches["gd_embed_scaled_2d_f32"] == 1, pcg_launches
+    assert pcg_launches["gd_crop_scaled_2d_f32"] == 1, pcg_launches
+    assert pcg_launches["gd_precond_mul_f32"] == 1, pcg_launches
