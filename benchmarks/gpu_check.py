@@ -121,7 +121,7 @@ def compile_all(cp, rep):
                     for nd in (1, 2, 3):
                         names.setdefault((_cuda.MODULE_OF[kind], np.dtype(dt).str), []).append(
                             _cuda.kernel_name(kind, dt, boundary=b, ndim=nd))
-            elif kind in ("crop", "mask"):
+            elif kind in ("crop", "mask", "embed_scaled", "crop_scaled"):
                 for nd in (1, 2, 3):
                     names.setdefault((_cuda.MODULE_OF[kind], np.dtype(dt).str), []).append(
                         _cuda.kernel_name(kind, dt, ndim=nd))
@@ -199,6 +199,10 @@ def launcher_checks(cp):
             want = cp.zeros_like(v)
             want[win] = small
             yield f"embed {nd}-D", dt, _err(_cuda.embed(small, G), want)
+            s = cp.asarray(rng.uniform(-1.0, 1.0, m).astype(dt))
+            yield f"crop scaled {nd}-D", dt, _err(_cuda.crop(v, m, scale=s), v[win] * s)
+            want[win] = small * s
+            yield f"embed scaled {nd}-D", dt, _err(_cuda.embed(small, G, scale=s), want)
         B, F = 3, (9, 5)
         H, Y, Z = crandn((B,) + F), crandn((B,) + F), crandn((B,) + F)
         R = cp.asarray(rng.uniform(0.5, 2.0, F).astype(dt))

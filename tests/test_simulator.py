@@ -266,6 +266,6 @@ def test_gpu_check_script_runs_on_the_simulator(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr + report[-3000:]
     assert "ALL CHECKS PASSED" in report and "SIMULATOR RUN" in report
     rows = [ln for ln in report.splitlines() if ln.endswith("| ok |")]
-    assert len(rows) == 8 + 2 * (2 * 5 * 3 + 3 * 3 + 6 + 4 * 3), len(rows)  # modules + launcher rows
+    assert len(rows) == 8 + 2 * (2 * 5 * 3 + 5 * 3 + 6 + 4 * 3), len(rows)  # modules + launcher rows
     assert "FAILED" not in report
     assert "one PCG iteration" in report and "NumPy path" in report  # the timing code ran (tiny sizes)
