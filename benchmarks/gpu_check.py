@@ -202,6 +202,10 @@ def launcher_checks(cp):
             want = cp.zeros_like(v)
             want[win] = small
             yield f"embed {nd}-D", dt, _err(_cuda.embed(small, G), want)
+            s = cp.asarray(rng.uniform(-1.0, 1.0, m).astype(dt))
+            yield f"crop scaled {nd}-D", dt, _err(_cuda.crop(v, m, scale=s), v[win] * s)
+            want[win] = small * s
+            yield f"embed scaled {nd}-D", dt, _err(_cuda.embed(small, G, scale=s), want)
         for boundary in BOUNDARIES:
             for nd, n in ((1, (11,)), (2, (9, 8)), (3, (5, 6, 7))):
                 lap = ConvolutionOperator(cp.asarray(laplacian_kernel(nd).astype(dt)), n, "same",

@@ -1,7 +1,8 @@
 // pad_extract.cu -- thin __global__ wrappers over pad_extract.cuh.
 //
 // Names: gd_pad_<boundary>_<nd>d_<f32|f64>, gd_fold_<boundary>_<nd>d_<..>,
-// gd_crop_<nd>d_<..>, gd_mask_<nd>d_<..>; nd = 1, 2, 3 spatial axes. The
+// gd_crop_<nd>d_<..>, gd_mask_<nd>d_<..>, gd_embed_scaled_<nd>d_<..>,
+// gd_crop_scaled_<nd>d_<..>; nd = 1, 2, 3 spatial axes. The
 // geometry always comes as three values per quantity, the first nd used
 // (gpu_deconv._cuda builds them). Compile with -DGD_ONLY_F32 / -DGD_ONLY_F64
 // to get one precision only (what gpu_deconv._kernels does).
@@ -34,6 +35,21 @@
             out[i] = v[gd_crop_source<ND>(i, m, G)];                                      \
     }
 
+// gd_embed_scaled_*: out (B, G...) = E (x * s), x (B, m...) zero-filled into the grid
+//                    (every grid element written once);
+// gd_crop_scaled_*:  out (B, m...) = (the first m samples per axis of v (B, G...)) * s.
+// s (m...) is one weight shared by the images. KIND picks gd_<KIND>_scaled_value.
+#define GD_SCALED_WINDOW_KERNEL(KIND, T, SFX, ND)                                         \
+    extern "C" __global__ void gd_##KIND##_scaled_##ND##d_##SFX(                          \
+        const T* __restrict__ in, const T* __restrict__ s, T* __restrict__ out,           \
+        long long total, long long m0, long long m1, long long m2, long long G0,          \
+        long long G1, long long G2) {                                                     \
+        const gd_i64 m[3] = {m0, m1, m2};                                                 \
+        const gd_i64 G[3] = {G0, G1, G2};                                                 \
+        for (gd_i64 i = gd_thread_index(); i < total; i += gd_thread_stride())            \
+            out[i] = gd_##KIND##_scaled_value<T, ND>(in, s, i, m, G);                     \
+    }
+
 // v (B, G...) zeroed outside the first m samples per axis, in place.
 #define GD_MASK_KERNEL(T, SFX, ND)                                                         \
     extern "C" __global__ void gd_mask_##ND##d_##SFX(T* __restrict__ v, long long total,   \
@@ -64,7 +80,13 @@
     GD_CROP_KERNEL(T, SFX, 3)                                    \
     GD_MASK_KERNEL(T, SFX, 1)                                    \
     GD_MASK_KERNEL(T, SFX, 2)                                    \
-    GD_MASK_KERNEL(T, SFX, 3)
+    GD_MASK_KERNEL(T, SFX, 3)                                    \
+    GD_SCALED_WINDOW_KERNEL(embed, T, SFX, 1)                    \
+    GD_SCALED_WINDOW_KERNEL(embed, T, SFX, 2)                    \
+    GD_SCALED_WINDOW_KERNEL(embed, T, SFX, 3)                    \
+    GD_SCALED_WINDOW_KERNEL(crop, T, SFX, 1)                     \
+    GD_SCALED_WINDOW_KERNEL(crop, T, SFX, 2)                     \
+    GD_SCALED_WINDOW_KERNEL(crop, T, SFX, 3)
 
 #if !defined(GD_ONLY_F64)
 GD_PAD_EXTRACT_ALL(float, f32)

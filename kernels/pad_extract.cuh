@@ -198,4 +198,38 @@ GD_HD bool gd_in_window(gd_i64 idx, const gd_i64* m, const gd_i64* G) {
     return true;
 }
 
+// Flat index of element idx of a C-ordered (B, shape...) array within one
+// image (its spatial part): where a weight of the spatial shape, shared by
+// the batch, is read.
+template <int ND>
+GD_HD gd_i64 gd_spatial_index(gd_i64 idx, const gd_i64* shape) {
+    gd_i64 size = 1;
+    for (int a = 0; a < ND; ++a) size *= shape[a];
+    return idx % size;
+}
+
+// Value at flat index idx of the (B, G...) grid of E (x * s): x (B, m...)
+// times the weight s (m...) in the window of the first m[a] samples of every
+// axis, zero elsewhere (the zero-fill into an FFT grid with a diagonal weight).
+template <typename T, int ND>
+GD_HD T gd_embed_scaled_value(const T* x, const T* s, gd_i64 idx, const gd_i64* m, const gd_i64* G) {
+    gd_i64 j[ND];
+    const gd_i64 img = gd_unravel<ND>(idx, G, j);
+    gd_i64 off = 0;  // the position in one image of the window, where s is read
+    gd_i64 size = 1;
+    for (int a = 0; a < ND; ++a) {
+        if (j[a] >= m[a]) return T(0);
+        off = off * m[a] + j[a];
+        size *= m[a];
+    }
+    return x[img * size + off] * s[off];
+}
+
+// Element idx of the (B, m...) window of the first m[a] samples of every axis
+// of the (B, G...) grid v, times the weight s (m...) shared by the images.
+template <typename T, int ND>
+GD_HD T gd_crop_scaled_value(const T* v, const T* s, gd_i64 idx, const gd_i64* m, const gd_i64* G) {
+    return v[gd_crop_source<ND>(idx, m, G)] * s[gd_spatial_index<ND>(idx, m)];
+}
+
 #endif  // GD_PAD_EXTRACT_CUH

@@ -28,7 +28,7 @@ from gpu_deconv._ops import ArrayOps
 from gpu_deconv._padding import input_shape, plan_axis
 from gpu_deconv.solvers.closed_form import SingularSystemError
 
-from conftest import CUPY, CUPY_REASON, assert_close, to_numpy
+from conftest import CUPY, CUPY_REASON, SIMULATOR, assert_close, to_numpy
 
 #: The array-expression path (NumPy): the reference the kernels are compared with.
 ARRAY_OPS = ArrayOps(numpy_backend())
@@ -324,6 +324,50 @@ def test_spectral_and_precondition_launchers(rng, dtype):
     assert_close(got.real, (Y / np.maximum(D, 0.2)).real, dtype)
 
 
+WEIGHTED_CASES = (((9,), (16,)), ((5, 7), (8, 12)), ((3, 4, 5), (6, 4, 9)))  # (window, grid), odd and even
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weighted_embed_and_crop_launchers(rng, dtype):
+    batch = (2, 3)
+    for n, grid in WEIGHTED_CASES:
+        win = (Ellipsis,) + tuple(slice(0, a) for a in n)
+        x = rng.standard_normal(batch + n).astype(dtype)
+        s = rng.uniform(-1.0, 1.0, n).astype(dtype)
+        want = np.zeros(batch + grid, dtype=dtype)
+        want[win] = x * s
+        got = on_device(_cuda.embed(cp.asarray(x), grid, scale=cp.asarray(s)))
+        np.testing.assert_array_equal(to_numpy(got), want)
+        out = cp.full(batch + grid, np.nan, dtype=dtype)
+        assert _cuda.embed(cp.asarray(x), grid, out=out, scale=cp.asarray(s)) is out
+        np.testing.assert_array_equal(to_numpy(out), want)
+        v = rng.standard_normal(batch + grid).astype(dtype)
+        got = on_device(_cuda.crop(cp.asarray(v), n, scale=cp.asarray(s)))
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(to_numpy(got), v[win] * s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_circulant_apply_matches_the_array_path(rng, dtype):
+    # T E F^-1 diag(Dinv) F E^T (T r): the weight rides in the embed and crop kernels. On the
+    # simulator (NumPy's FFT on both sides) bit for bit; on a GPU cuFFT rounds differently.
+    ops = _backend("cupy").ops
+    assert type(ops).__name__ == "CudaOps"
+    for n, grid in WEIGHTED_CASES:
+        F = grid[:-1] + (grid[-1] // 2 + 1,)
+        r = rng.standard_normal((2,) + n).astype(dtype)
+        Dinv = rng.uniform(0.1, 2.0, F).astype(dtype)
+        taper = rng.uniform(0.0, 1.0, n).astype(dtype)
+        for T in (None, taper, taper[..., :1]):  # none, the spatial shape, one that broadcasts to it
+            want = ARRAY_OPS.circulant_apply(r, T, Dinv, grid, n)
+            got = on_device(ops.circulant_apply(cp.asarray(r), None if T is None else cp.asarray(T),
+                                                cp.asarray(Dinv), grid, n))
+            if SIMULATOR:
+                np.testing.assert_array_equal(to_numpy(got), want)
+            else:
+                assert_close(got, want, dtype, factor=10)
+
+
 def test_sherman_morrison_launcher_broadcasts(rng):
 
     D = rng.standard_normal((3, 6, 4)) + 1j * rng.standard_normal((3, 6, 4))
@@ -356,6 +400,14 @@ def test_launchers_validate_their_arguments():
         _cuda.spectral_solve(Y, cp.ones((9, 5), dtype=cp.complex128), None, [1.0, 2.0, 3.0], 1.0, ndim=2)
     with pytest.raises(ValueError, match="C-contiguous"):
         _cuda.mask_window(cp.zeros((4, 6))[:, ::2], (2, 2))
+    with pytest.raises(ValueError, match=r"scale must have exactly the spatial shape \(3, 4\)"):
+        _cuda.crop(cp.zeros((2, 6, 6)), (3, 4), scale=cp.ones((3, 5)))
+    with pytest.raises(ValueError, match="scale must have exactly the spatial shape"):
+        _cuda.embed(cp.zeros((2, 3, 4)), (6, 6), scale=cp.ones((2, 3, 4)))  # not one per image
+    with pytest.raises(TypeError, match="scale must have the dtype of the data"):
+        _cuda.embed(cp.zeros((2, 3, 4)), (6, 6), scale=cp.ones((3, 4), dtype=cp.float32))
+    with pytest.raises(TypeError, match="scale must be a cupy.ndarray"):
+        _cuda.crop(cp.zeros((2, 6, 6)), (3, 4), scale=np.ones((3, 4)))
 
 
 def test_kernel_switch_and_memoized_modules(rng, monkeypatch):

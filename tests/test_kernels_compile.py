@@ -264,7 +264,9 @@ def test_launchers_match_kernel_signatures(kernel_signatures):
                 assert name in kernel_signatures, f"{name} is not defined in kernels/{module}.cu"
                 src_module, params = kernel_signatures[name]
                 assert src_module == module
-                kind = next(k for k in _cuda.SIGNATURES if name.startswith(f"gd_{k}_") or name == f"gd_{k}")
+                # the longest kind that prefixes the name (crop_scaled, not crop)
+                kind = max((k for k in _cuda.SIGNATURES if name.startswith(f"gd_{k}_") or name == f"gd_{k}"),
+                           key=len)
                 want = tuple(_c_type(s, dtype) for s in _cuda.SIGNATURES[kind])
                 assert params == want, f"{name}: source takes {params}, launcher passes {want}"
                 seen.add(name)

@@ -46,6 +46,7 @@ _ARGTYPES = {
     "gdh_fold": (I32, I32, I32, VP, VP, LL, VP),
     "gdh_crop": (I32, I32, VP, VP, LL, VP),
     "gdh_mask": (I32, I32, VP, LL, VP),
+    "gdh_window_scaled": (I32, I32, I32, VP, VP, VP, LL, VP),
     "gdh_spectral_solve": (I32, VP, VP, VP, VP, VP, VP, LL, LL, LL, LL, I32, I32),
     "gdh_spectral_extrema": (I32, VP, VP, VP, VP, VP, VP, LL, LL, LL, LL, LL, I32, I32),
     "gdh_precond_mul": (I32, VP, VP, LL, LL, LL),
@@ -80,7 +81,8 @@ def lib(tmp_path_factory):
     for name, types in _ARGTYPES.items():
         fn = getattr(so, name)
         fn.argtypes = types
-        fn.restype = I32 if name in ("gdh_pad", "gdh_fold", "gdh_crop", "gdh_mask") else None
+        fn.restype = I32 if name in ("gdh_pad", "gdh_fold", "gdh_crop", "gdh_mask",
+                                     "gdh_window_scaled") else None
     return so
 
 
@@ -207,6 +209,27 @@ def test_crop_and_mask(lib, rng, nd, dtype):
         want[win] = v[win]
         assert lib.gdh_mask(_is64(dtype), nd, _p(v), v.size, _p(geom)) == 0
         np.testing.assert_array_equal(v, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_weighted_embed_and_crop(lib, rng, nd, dtype):
+    # The taper of the preconditioner's circulant part, one weight (m...) for every image.
+    G = (7, 6, 5)[:nd]
+    for m in [(1, 1, 1)[:nd], (7, 3, 5)[:nd], (4, 6, 2)[:nd], (0, 6, 5)[:nd]]:
+        geom = _geom(_cuda.window_geometry(m, G))
+        win = (Ellipsis,) + tuple(slice(0, a) for a in m)
+        s = rng.uniform(-2.0, 2.0, m).astype(dtype)
+        x = rng.standard_normal((3,) + m).astype(dtype)
+        got = np.full((3,) + G, np.nan, dtype=dtype)
+        assert lib.gdh_window_scaled(_is64(dtype), nd, 0, _p(x), _p(s), _p(got), got.size, _p(geom)) == 0
+        want = np.zeros((3,) + G, dtype=dtype)
+        want[win] = x * s
+        np.testing.assert_array_equal(got, want)
+        v = rng.standard_normal((3,) + G).astype(dtype)
+        got = np.full((3,) + m, np.nan, dtype=dtype)
+        assert lib.gdh_window_scaled(_is64(dtype), nd, 1, _p(v), _p(s), _p(got), got.size, _p(geom)) == 0
+        np.testing.assert_array_equal(got, v[win] * s)
 
 
 # ------------------------------------------------------------------ spectra

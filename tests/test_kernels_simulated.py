@@ -14,8 +14,8 @@ under AddressSanitizer on buffers of exactly their size.
 This proves the kernels' logic on the CPU, not their behaviour on a device.
 Exhaustive variants are marked ``simulator`` and skipped unless asked for:
 ``python -m pytest -m simulator tests/test_kernels_simulated.py``.
-Tolerances: exact equality for data movement (pad, crop, mask, the circulant
-product); 1e-10 (float64) / 1e-4 (float32) relative to the largest entry for
+Tolerances: exact equality for data movement (pad, crop, mask, the weighted
+embed and crop, the circulant product); 1e-10 (float64) / 1e-4 (float32) relative to the largest entry for
 sums in another order (fold, spectral division, reductions).
 """
 
@@ -165,6 +165,76 @@ def test_crop_and_mask_kernels(rng, nd, dtype):
             got = v.copy()
             launch("mask", dtype, grid, (got, I64(v.size)) + geom, ndim=nd, reverse=True)
             np.testing.assert_array_equal(got, want)
+
+
+WINDOWS = ((7, 6, 5), [(1, 1, 1), (7, 3, 5), (4, 6, 2), (0, 6, 5), (6, 5, 4)])  # grid; windows, odd and even
+
+
+def check_scaled_window(rng, nd, dtype, batch, G, m, reverse=False):
+    """embed_scaled / crop_scaled over the launcher's grid and smaller ones, against the array expressions."""
+    geom = _i64(_cuda.window_geometry(m, G))
+    win = (Ellipsis,) + tuple(slice(0, a) for a in m)
+    s = rng.uniform(-2.0, 2.0, m).astype(dtype)
+    x = rng.standard_normal(batch + m).astype(dtype)
+    want = np.zeros(batch + G, dtype=dtype)
+    want[win] = x * s
+    total = math.prod(batch + G)
+    for grid in grids_1d(total):
+        got = np.full(batch + G, np.nan, dtype=dtype)  # every grid element written, zeros included
+        launch("embed_scaled", dtype, grid, (x, s, got, I64(total)) + geom, ndim=nd, reverse=reverse)
+        np.testing.assert_array_equal(got, want, err_msg=f"embed_scaled {m} in {G}, grid {grid}")
+    v = rng.standard_normal(batch + G).astype(dtype)
+    want = v[win] * s
+    total = math.prod(batch + m)
+    for grid in grids_1d(total):
+        got = np.full(batch + m, np.nan, dtype=dtype)
+        if total:
+            launch("crop_scaled", dtype, grid, (v, s, got, I64(total)) + geom, ndim=nd, reverse=not reverse)
+        np.testing.assert_array_equal(got, want, err_msg=f"crop_scaled {m} of {G}, grid {grid}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_scaled_embed_and_crop_kernels(rng, nd, dtype):
+    # The weight is one array of the spatial shape shared by every image: a kernel that indexed
+    # it by the flat index (batch included) would read past it or the wrong weight for image > 0.
+    G, windows = WINDOWS
+    batch = (2, 3) if nd < 3 else (3,)
+    for i, m in enumerate(windows):
+        check_scaled_window(rng, nd, dtype, batch, G[:nd], m[:nd], reverse=i % 2 == 1)
+
+
+def test_scaled_kernels_make_the_circulant_product_of_the_array_path(rng):
+    # embed_scaled -> rfftn -> precond_mul -> irfftn -> crop_scaled is ArrayOps.circulant_apply
+    # (T E F^-1 diag(Dinv) F E^T T r) bit for bit: each weight is one rounding either way.
+    for dtype, n, grid in ((np.float64, (9, 6), (16, 15)), (np.float32, (5, 7, 4), (8, 12, 9)),
+                           (np.float32, (11,), (20,))):
+        nd = len(n)
+        batch = (2, 3) if nd < 3 else (2,)
+        r = rng.standard_normal(batch + n).astype(dtype)
+        T = rng.uniform(0.0, 1.0, n).astype(dtype)
+        F = grid[:-1] + (grid[-1] // 2 + 1,)
+        Dinv = rng.uniform(0.1, 3.0, F).astype(dtype)
+        want = ARRAY_OPS.circulant_apply(r, T, Dinv, grid, n)
+        geom = _i64(_cuda.window_geometry(n, grid))
+        rg = np.full(batch + grid, np.nan, dtype=dtype)
+        launch("embed_scaled", dtype, _cuda.grid_1d(rg.size), (r, T, rg, I64(rg.size)) + geom, ndim=nd)
+        R = np.ascontiguousarray(BK.rfftn(rg, grid))
+        launch("precond_mul", dtype, _cuda.grid_1d(R.size), (R, Dinv, I64(R.size), I64(Dinv.size), I64(0)))
+        v = np.ascontiguousarray(BK.irfftn(R, grid))
+        got = np.full(batch + n, np.nan, dtype=dtype)
+        launch("crop_scaled", dtype, _cuda.grid_1d(got.size), (v, T, got, I64(got.size)) + geom, ndim=nd)
+        np.testing.assert_array_equal(got, want, err_msg=f"{dtype.__name__} {n} on {grid}")
+
+
+@pytest.mark.simulator
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_scaled_embed_and_crop_kernels_exhaustive(rng, nd, dtype):
+    for G in [(1, 1, 1), (8, 5, 6), (9, 10, 3)]:
+        for m in {tuple(min(a, g) for a, g in zip(mm, G)) for mm in WINDOWS[1]} | {G}:
+            check_scaled_window(rng, nd, dtype, (2,) if nd == 3 else (3, 2), G[:nd], m[:nd])
+            check_scaled_window(rng, nd, dtype, (1,), G[:nd], m[:nd], reverse=True)
 
 
 # ------------------------------------------------------------------ spectra
@@ -491,6 +561,40 @@ def test_pad_fold_under_address_sanitizer(tmp_path, rng, boundary):
                                       ARRAY_OPS.pad(x, plans, boundary))
         assert_close(out[j + 2], ARRAY_OPS.fold(np.ascontiguousarray(
             out[j + 1][(Ellipsis,) + tuple(slice(0, e) for e in ext)]), plans, boundary), np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_window_kernels_under_address_sanitizer(tmp_path, rng, dtype):
+    # Exact-size buffers, the weight of the spatial shape included (read by the spatial index
+    # of each element, never past it for the images beyond the first).
+    sanitizer_or_skip("address", tmp_path)
+    cases = (((5,), (8,)), ((3, 4), (4, 7)), ((2, 3, 1), (3, 5, 2)))
+    bufs, launches = [], []
+    for m, G in cases:
+        nd = len(m)
+        geom = _i64(_cuda.window_geometry(m, G))
+        i = len(bufs)
+        bufs += [rng.standard_normal((3,) + m).astype(dtype), rng.uniform(0.5, 2, m).astype(dtype),
+                 np.zeros((3,) + G, dtype=dtype), np.zeros((3,) + m, dtype=dtype),
+                 np.zeros((3,) + m, dtype=dtype)]
+        b = [("buf", i + j) for j in range(5)]
+        launches += [
+            (_cuda.kernel_name("embed_scaled", dtype, ndim=nd), (2,), BLOCK,
+             (b[0], b[1], b[2], I64(3 * math.prod(G))) + geom),
+            (_cuda.kernel_name("crop_scaled", dtype, ndim=nd), (1,), BLOCK,
+             (b[2], b[1], b[3], I64(3 * math.prod(m))) + geom, True),
+            (_cuda.kernel_name("crop", dtype, ndim=nd), (2,), BLOCK,
+             (b[2], b[4], I64(3 * math.prod(m))) + geom),
+            (_cuda.kernel_name("mask", dtype, ndim=nd), (1,), BLOCK, (b[2], I64(3 * math.prod(G))) + geom),
+        ]
+    out, _ = module("pad_extract", dtype).run_sanitized("address", bufs, launches)
+    for k, (m, G) in enumerate(cases):
+        x, s, grid_out, scaled, plain = out[5 * k:5 * k + 5]
+        want = np.zeros((3,) + G, dtype=dtype)
+        want[(Ellipsis,) + tuple(slice(0, a) for a in m)] = x * s
+        np.testing.assert_array_equal(grid_out, want)  # mask keeps the window, which is all there is
+        np.testing.assert_array_equal(plain, x * s)
+        np.testing.assert_array_equal(scaled, (x * s) * s)
 
 
 def test_address_sanitizer_catches_an_out_of_bounds_write(tmp_path):

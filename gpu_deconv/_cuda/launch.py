@@ -45,6 +45,8 @@ SIGNATURES = {
     "fold": ("T*", "T*", "i64") + _GEOM,
     "crop": ("T*", "T*", "i64") + _WIN,
     "mask": ("T*", "i64") + _WIN,
+    "embed_scaled": ("T*", "T*", "T*", "i64") + _WIN,
+    "crop_scaled": ("T*", "T*", "T*", "i64") + _WIN,
     "spectral_solve": ("C*", "C*", "?T*", "T*", "T*", "?C*", "i64", "i64", "i64", "i64", "i32", "i32"),
     "spectral_extrema": ("C*", "?T*", "T*", "T*", "T*", "T*", "i64", "i64", "i64", "i64", "i64", "i32"),
     "precond_mul": ("C*", "T*", "i64", "i64", "i64"),
@@ -60,6 +62,7 @@ SIGNATURES = {
 #: Which kernels/<module>.cu defines each kind of kernel.
 MODULE_OF = {
     "pad": "pad_extract", "fold": "pad_extract", "crop": "pad_extract", "mask": "pad_extract",
+    "embed_scaled": "pad_extract", "crop_scaled": "pad_extract",
     "spectral_solve": "spectral", "spectral_extrema": "spectral",
     "precond_mul": "spectral", "precond_div": "spectral",
     "sherman_morrison": "multichannel",
@@ -69,7 +72,7 @@ MODULE_OF = {
 
 #: Kinds with one kernel per (boundary, ndim), and with one per ndim; the others have one.
 PER_BOUNDARY = ("pad", "fold", "stencil_normal")
-PER_NDIM = ("crop", "mask")
+PER_NDIM = ("crop", "mask", "embed_scaled", "crop_scaled")
 
 COMPLEX_OF = {np.dtype(np.float32): np.dtype(np.complex64), np.dtype(np.float64): np.dtype(np.complex128)}
 REAL_OF = {c: r for r, c in COMPLEX_OF.items()}

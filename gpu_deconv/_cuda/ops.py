@@ -86,14 +86,14 @@ class CudaOps(ArrayOps):
     def circulant_apply(self, r, T, Dinv, grid, shape):
         if not self._serves(r, len(grid)):
             return super().circulant_apply(r, T, Dinv, grid, shape)
-        bk = self.bk
-        # One pass each for the zero-fill into the grid, the product and the crop.
-        R_ = self.xp.ascontiguousarray(bk.rfftn(embed(r if T is None else r * T, grid), grid))
+        bk, xp = self.bk, self.xp
+        if T is not None and (tuple(T.shape) != tuple(shape) or T.dtype != r.dtype):
+            T = xp.ascontiguousarray(xp.broadcast_to(T.astype(r.dtype, copy=False), tuple(shape)))
+        # The weight rides in the zero-fill into the grid and in the crop: one pass
+        # each, no product array and no pass of its own.
+        R_ = xp.ascontiguousarray(bk.rfftn(embed(r, grid, scale=T), grid))
         precondition_apply(R_, Dinv=Dinv, ndim=len(grid))
-        out = crop(bk.irfftn(R_, grid, overwrite_x=True), shape)
-        if T is not None:
-            out *= T
-        return out
+        return crop(bk.irfftn(R_, grid, overwrite_x=True), shape, scale=T)
 
     def spectral_extrema(self, H, R, lam, alpha, batch, *, ndim):
         return spectral_extrema(H, R, lam, alpha, batch, ndim=ndim)

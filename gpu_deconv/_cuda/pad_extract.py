@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._padding import AxisPlan
 from .launch import (
     BLOCK,
@@ -16,6 +18,14 @@ from .launch import (
     window_geometry,
 )
 from .modules import cupy_module
+
+
+def _grid_out(cp, out, shape, dtype):
+    """`out` checked as a destination of `shape` and `dtype`, or a new array."""
+    if out is None:
+        return cp.empty(shape, dtype=dtype)
+    check_out("out", out, shape, dtype)
+    return out
 
 
 def pad_to_grid(x, plans, boundary, grid=None, out=None):
@@ -46,10 +56,7 @@ def pad_to_grid(x, plans, boundary, grid=None, out=None):
     G = geom[9:9 + nd]
     with x.device:
         x = cp.ascontiguousarray(x)
-        if out is None:
-            out = cp.empty(batch + G, dtype=dt)
-        else:
-            check_out("out", out, batch + G, dt)
+        out = _grid_out(cp, out, batch + G, dt)
         total = out.size
         if total:
             launch("pad", dt, grid_1d(total), (BLOCK,), (x, out, total) + geom,
@@ -100,17 +107,36 @@ def _window_args(cp, v, shape, *, in_place=False):
     return dt, nd, tuple(v.shape[:v.ndim - nd]), geom
 
 
-def crop(v, shape):
-    """The first ``shape[a]`` samples of each trailing axis, as a new C-contiguous array."""
+def _scale_arg(cp, scale, dtype, spatial):
+    """`scale` checked as a weight of the spatial shape `spatial` in `dtype`, made C-contiguous."""
+    check_cupy(cp, "scale", scale)
+    if np.dtype(scale.dtype) != np.dtype(dtype):
+        raise TypeError(f"scale must have the dtype of the data ({np.dtype(dtype)}); got {scale.dtype}")
+    if tuple(scale.shape) != tuple(spatial):
+        raise ValueError(f"scale must have exactly the spatial shape {tuple(spatial)}; got shape "
+                         f"{tuple(scale.shape)}")
+    return cp.ascontiguousarray(scale)
+
+
+def crop(v, shape, scale=None):
+    """The first ``shape[a]`` samples of each trailing axis, as a new C-contiguous array.
+
+    With `scale` (a cupy array of exactly the window's shape and the dtype of
+    `v`, shared by the batch) the window times `scale`, in the same one pass.
+    """
     cp = cupy_module()
     dt, nd, batch, geom = _window_args(cp, v, shape)
     shape = geom[:nd]  # the window as ints
     with v.device:
+        if scale is not None:
+            scale = _scale_arg(cp, scale, dt, shape)
         v = cp.ascontiguousarray(v)
         out = cp.empty(batch + shape, dtype=dt)
         total = out.size
-        if total:
+        if total and scale is None:
             launch("crop", dt, grid_1d(total), (BLOCK,), (v, out, total) + geom, ndim=nd)
+        elif total:
+            launch("crop_scaled", dt, grid_1d(total), (BLOCK,), (v, scale, out, total) + geom, ndim=nd)
     return out
 
 
@@ -129,8 +155,21 @@ def mask_window(v, shape):
     return v
 
 
-def embed(x, grid, out=None):
-    """x zero-filled into the grid (``rfftn(x, s=grid)``'s input), in one pass."""
+def embed(x, grid, out=None, scale=None):
+    """x zero-filled into the grid (``rfftn(x, s=grid)``'s input), in one pass.
+
+    Parameters
+    ----------
+    x : cupy.ndarray
+        float32/float64, shape ``(..., *n)`` with ``n[a] <= grid[a]``.
+    grid : tuple of int
+        The grid (1 to 3 axes).
+    out : cupy.ndarray, optional
+        C-contiguous destination of shape ``(..., *grid)``.
+    scale : cupy.ndarray, optional
+        A weight of shape `n` and the dtype of `x`, shared by the batch: the
+        grid receives ``x * scale``, in the same single pass (no product array).
+    """
     nd = len(grid)
     check_nd(nd)
     if x.ndim < nd:
@@ -138,5 +177,20 @@ def embed(x, grid, out=None):
     n = tuple(int(s) for s in x.shape[x.ndim - nd:])
     if any(a > g for a, g in zip(n, grid)):
         raise ValueError(f"x's trailing shape {n} does not fit in grid {tuple(grid)}")
-    plans = tuple(AxisPlan(a, 1, a, 0, 0, int(g), 0) for a, g in zip(n, grid))
-    return pad_to_grid(x, plans, "zero", grid, out=out)
+    if scale is None:
+        plans = tuple(AxisPlan(a, 1, a, 0, 0, int(g), 0) for a, g in zip(n, grid))
+        return pad_to_grid(x, plans, "zero", grid, out=out)
+    cp = cupy_module()
+    check_cupy(cp, "x", x)
+    dt = real_dtype_of("x", x)
+    geom = window_geometry(n, grid)
+    G = geom[3:3 + nd]
+    batch = tuple(x.shape[:x.ndim - nd])
+    with x.device:
+        scale = _scale_arg(cp, scale, dt, n)
+        x = cp.ascontiguousarray(x)
+        out = _grid_out(cp, out, batch + G, dt)
+        total = out.size
+        if total:
+            launch("embed_scaled", dt, grid_1d(total), (BLOCK,), (x, scale, out, total) + geom, ndim=nd)
+    return out

@@ -74,6 +74,25 @@ void mask_loop(void* v, gd_i64 total, const gd_i64* mG) {
         if (!gd_in_window<ND>(i, mG, mG + 3)) static_cast<T*>(v)[i] = T(0);
 }
 
+// gd_embed_scaled_* (crop = 0: out is the grid) and gd_crop_scaled_* (crop = 1: out is the window).
+template <typename T, int ND>
+void window_scaled_loop(int crop, const void* in, const void* s, void* out, gd_i64 total, const gd_i64* mG) {
+    const T* x = static_cast<const T*>(in);
+    const T* w = static_cast<const T*>(s);
+    T* o = static_cast<T*>(out);
+    for (gd_i64 i = 0; i < total; ++i)
+        o[i] = crop ? gd_crop_scaled_value<T, ND>(x, w, i, mG, mG + 3)
+                    : gd_embed_scaled_value<T, ND>(x, w, i, mG, mG + 3);
+}
+
+template <typename T>
+void window_scaled_nd(int nd, int crop, const void* in, const void* s, void* out, gd_i64 total,
+                      const gd_i64* mG) {
+    if (nd == 1) window_scaled_loop<T, 1>(crop, in, s, out, total, mG);
+    if (nd == 2) window_scaled_loop<T, 2>(crop, in, s, out, total, mG);
+    if (nd == 3) window_scaled_loop<T, 3>(crop, in, s, out, total, mG);
+}
+
 // The shared-memory tree of gd_block_reduce, level by level.
 template <class Op, typename A>
 A block_tree(std::vector<A>& buf) {
@@ -221,6 +240,16 @@ int gdh_mask(int f64, int nd, void* v, long long total, const long long* mG) {
         if (nd == 2) mask_loop<float, 2>(v, total, mG);
         if (nd == 3) mask_loop<float, 3>(v, total, mG);
     }
+    return 0;
+}
+
+int gdh_window_scaled(int f64, int nd, int crop, const void* in, const void* s, void* out, long long total,
+                      const long long* mG) {
+    if (nd < 1 || nd > 3) return -1;
+    if (f64)
+        window_scaled_nd<double>(nd, crop, in, s, out, total, mG);
+    else
+        window_scaled_nd<float>(nd, crop, in, s, out, total, mG);
     return 0;
 }
 
