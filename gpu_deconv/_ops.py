@@ -241,14 +241,19 @@ class ArrayOps:
         return b
 
     # ----------------------------------------------- small-kernel normal operators
-    def stencil_normal(self, x, stencil, batch, scale=None):
+    def stencil_normal(self, x, stencil, batch, scale=None, out=None):
         """``scale * sum_t w_t G_t^T G_t x`` of a :class:`gpu_deconv._direct.StencilSum`.
 
         `x` has shape ``(*batch, *stencil.n)`` in the working dtype; `scale` is
         None or broadcastable against x with one value per image (or one for
-        all). Term by term with shift-and-add here; one gather pass on the GPU.
+        all). With `out` (x's shape, not x) the result is added to it, which is
+        returned. Term by term with shift-and-add here; one gather pass on the GPU.
         """
-        return stencil.apply(self, x, batch, scale)
+        v = stencil.apply(self, x, batch, scale)
+        if out is None:
+            return v
+        out += v
+        return out
 
     # ---------------------------------------------------------------- CG
     def cg_ops(self, batch, n, dtype):

@@ -158,12 +158,15 @@ def _check_kernel(rng, nd, dtype, shapes, modes, conventions):
                 full = _cuda.grid_1d(total)
                 for i, grid in enumerate([full, (max(1, min(3, full[0] - 1)),), (1,)]):
                     for stride, sc in ((1, scale), (0, scale[:1])):
-                        got = np.full(x.shape, np.nan, dtype=dtype)
-                        _launch(dtype, grid, (x, got, sc, tab, vals.astype(dtype), I64(total), I64(stride))
-                                + dims, bnd, nd, reverse=i == 1)
                         ref = want if stride else want / scale.reshape((B,) + (1,) * nd) * scale[0]
-                        err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-300)
-                        assert err <= tol, (n, mode, boundary, convention, grid, stride, err)
+                        base = rng.standard_normal(x.shape).astype(dtype)
+                        for acc in (0, 1):  # written, or added to what out holds
+                            got = base.copy() if acc else np.full(x.shape, np.nan, dtype=dtype)
+                            args = (x, got, sc, tab, vals.astype(dtype), I64(total), I64(stride))
+                            _launch(dtype, grid, args + dims + (I64(acc),), bnd, nd, reverse=i == 1)
+                            exp = ref + base if acc else ref
+                            err = np.abs(got - exp).max() / max(np.abs(exp).max(), 1e-300)
+                            assert err <= tol, (n, mode, boundary, convention, grid, stride, acc, err)
 
 
 @needs_compiler
@@ -238,6 +241,14 @@ def test_launcher_refuses_bad_operands(rng):
         stencil_normal(x, S, CUPY.ones(2))
     with pytest.raises(ValueError, match="trailing shape"):
         stencil_normal(x[..., :5], S)
+    with pytest.raises(ValueError, match="out must not be x"):
+        stencil_normal(x, S, out=x)
+    with pytest.raises(ValueError, match="out must have shape"):
+        stencil_normal(x, S, out=CUPY.zeros((2,) + n))
+    out = CUPY.asarray(rng.standard_normal(x.shape))
+    before = out.get()
+    assert stencil_normal(x, S, out=out) is out
+    assert_close(out.get() - before, stencil_normal(x, S), np.float64)
     other = ConvolutionOperator(CUPY.asarray(laplacian_kernel(2)), n, "same", boundary="reflect")
     mixed = StencilSum([(1.0,) + op.direct_term(), (1.0,) + other.direct_term()], n)
     with pytest.raises(ValueError, match="share one boundary"):

@@ -56,7 +56,7 @@ SIGNATURES = {
     "cg_update_xr": ("T*", "T*", "T*", "T*", "f64*", "f64*", "i64", "i64", "i64"),
     "cg_update_p": ("T*", "T*", "f64*", "i64", "i64"),
     "sum_partials": ("f64*", "f64*", "i64", "i64"),
-    "stencil_normal": ("T*", "T*", "T*", "i64*", "T*", "i64", "i64", "i64", "i64", "i64"),
+    "stencil_normal": ("T*", "T*", "T*", "i64*", "T*", "i64", "i64", "i64", "i64", "i64", "i64"),
 }
 
 #: Which kernels/<module>.cu defines each kind of kernel.

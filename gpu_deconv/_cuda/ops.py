@@ -108,12 +108,14 @@ class CudaOps(ArrayOps):
         return super().sherman_morrison(D, Y, Z, alpha)
 
     # ----------------------------------------------- small-kernel normal operators
-    def stencil_normal(self, x, stencil, batch, scale=None):
+    def stencil_normal(self, x, stencil, batch, scale=None, out=None):
         if stencil.boundary is not None and self._serves(x, len(stencil.n)) \
-                and (scale is None or _real(scale)):
-            # One gather pass for the whole sum (a dozen shift-and-add passes otherwise).
-            return stencil_normal(x, stencil, scale)
-        return super().stencil_normal(x, stencil, batch, scale)
+                and (scale is None or _real(scale)) and x.flags.c_contiguous \
+                and (out is None or (out.flags.c_contiguous and out.dtype == x.dtype and out is not x)):
+            # One gather pass for the whole sum (a dozen shift-and-add passes otherwise),
+            # added into `out` in the same pass.
+            return stencil_normal(x, stencil, scale, out)
+        return super().stencil_normal(x, stencil, batch, scale, out)
 
     # ---------------------------------------------------------------- CG
     def cg_ops(self, batch, n, dtype):

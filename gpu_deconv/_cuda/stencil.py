@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .launch import BLOCK, batch_of, check_cupy, check_nd, grid_1d, launch, real_dtype_of
+from .launch import BLOCK, batch_of, check_cupy, check_nd, check_out, grid_1d, launch, real_dtype_of
 from .modules import cupy_module, per_device
 
 __all__ = ["stencil_normal"]
@@ -16,7 +16,7 @@ def _one(dtype):
     return cupy_module().ones(1, dtype=dtype)
 
 
-def stencil_normal(x, stencil, scale=None):
+def stencil_normal(x, stencil, scale=None, out=None):
     """``scale[b] * sum_t w_t G_t^T G_t x`` for a :class:`gpu_deconv._direct.StencilSum`, one pass.
 
     Each output sample gathers what its terms read (their preimages under the
@@ -31,11 +31,14 @@ def stencil_normal(x, stencil, scale=None):
     scale : cupy.ndarray, optional
         One value per image (as many as x has images) or one for all, any shape
         of that size (e.g. ``(B, 1, 1)``); None for 1.
+    out : cupy.ndarray, optional
+        C-contiguous, x's shape and dtype, not x itself: the result is added to it
+        in the same pass (the normal operator's other terms), and it is returned.
 
     Returns
     -------
     cupy.ndarray
-        New C-contiguous array of x's shape and dtype.
+        `out`, or a new C-contiguous array of x's shape and dtype.
     """
     cp = cupy_module()
     check_cupy(cp, "x", x)
@@ -59,10 +62,17 @@ def stencil_normal(x, stencil, scale=None):
             scale = cp.ascontiguousarray(scale.astype(dt, copy=False).reshape(-1))
         stride = 1 if scale.size == nimg and nimg != 1 else 0
         tab, vals = stencil.device_tables(cp, dt)
-        out = cp.empty(x.shape, dtype=dt)
+        accumulate = out is not None
+        if accumulate:
+            check_out("out", out, x.shape, dt)
+            if out is x:
+                raise ValueError("out must not be x (each sample reads its neighbours in x)")
+        else:
+            out = cp.empty(x.shape, dtype=dt)
         total = out.size
         if total:
             dims = tuple(n) + (1,) * (3 - nd)
             launch("stencil_normal", dt, grid_1d(total), (BLOCK,),
-                   (x, out, scale, tab, vals, total, stride) + dims, boundary=stencil.boundary, ndim=nd)
+                   (x, out, scale, tab, vals, total, stride) + dims + (int(accumulate),),
+                   boundary=stencil.boundary, ndim=nd)
     return out

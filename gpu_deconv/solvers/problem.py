@@ -147,11 +147,12 @@ class Problem:
         stencil = self._reg_stencil() if self.use_reg else None
 
         def apply(x):
-            # The regularizer first, scaled in place: at most one extra array alive during A's normal.
-            if stencil is not None:  # one gather pass on the GPU
-                out = bk.ops.stencil_normal(x, stencil, x.shape[:1], lam)
-                out += A.normal_unchecked(x, x.shape[:1])
+            if stencil is not None:
+                # A's normal, then the regularizer added into it (on the GPU in the same gather pass).
+                out = A.normal_unchecked(x, x.shape[:1])
+                out = bk.ops.stencil_normal(x, stencil, x.shape[:1], lam, out=out)
             elif self.use_reg:
+                # The regularizer first, scaled in place: at most one extra array alive during A's normal.
                 out = self._normal_reg(x)
                 if out is x:
                     out = lam * out
