@@ -220,8 +220,9 @@ class StencilSum:
         return self._tables
 
     def device_tables(self, xp, dtype):
-        """:meth:`tables` on the device of `xp`, the values in `dtype` (made once per dtype)."""
-        key = np.dtype(dtype).str
+        """:meth:`tables` on the current device of `xp`, the values in `dtype` (made once per both)."""
+        cuda = getattr(xp, "cuda", None)
+        key = (np.dtype(dtype).str, int(cuda.Device().id) if cuda is not None else -1)
         if key not in self._device:
             tab, vals = self.tables()
             self._device[key] = (xp.asarray(tab), xp.asarray(vals.astype(dtype)))
