@@ -38,3 +38,24 @@ def test_operator(benchmark, run, to_xp, op_case, mode, op):
                                 kernel=k)
     out = run(lambda: fn(arg))
     assert out.dtype == np.dtype(dtype)
+
+
+#: The regularizer's normal operator: a few-tap stencil (one gather kernel on the GPU,
+#: shift-and-add on the CPU) against a 3 x 3 kernel of 9 taps, which takes the FFT path
+#: (two FFT pairs in same + symmetric): the ratio of the two rows is what the stencil saves.
+REG_KERNELS = {
+    "laplacian (stencil)": np.array([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]),
+    "3x3 binomial (fft)": np.outer([1.0, 2, 1], [1.0, 2, 1]) / 16,
+}
+
+
+@pytest.mark.parametrize("reg", list(REG_KERNELS))
+def test_regularizer_normal(benchmark, run, to_xp, quick, reg):
+    shape = (4, 128, 128) if quick else (16, 512, 512)
+    A = ConvolutionOperator(to_xp(REG_KERNELS[reg].astype(np.float32)), shape[1:], "same",
+                            boundary="symmetric")
+    x = to_xp(random_images(shape, "float32"))
+    benchmark.group = f"regularizer normal {shape[0]} x {shape[1]}^2 float32 same+symmetric"
+    benchmark.extra_info.update(reg=reg, direct=A.direct_term() is not None)
+    out = run(lambda: A.normal(x))
+    assert out.shape == shape
