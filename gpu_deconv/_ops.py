@@ -241,19 +241,25 @@ class ArrayOps:
         return b
 
     # ----------------------------------------------- small-kernel normal operators
-    def stencil_normal(self, x, stencil, batch, scale=None, out=None):
-        """``scale * sum_t w_t G_t^T G_t x`` of a :class:`gpu_deconv._direct.StencilSum`.
+    def stencil_normal(self, x, stencil, batch, scale=None, plus=None):
+        """``scale * sum_t w_t G_t^T G_t x (+ plus())`` of a :class:`gpu_deconv._direct.StencilSum`.
 
         `x` has shape ``(*batch, *stencil.n)`` in the working dtype; `scale` is
         None or broadcastable against x with one value per image (or one for
-        all). With `out` (x's shape, not x) the result is added to it, which is
-        returned. Term by term with shift-and-add here; one gather pass on the GPU.
+        all). `plus`, optional, returns the rest of a normal operator (an array
+        of x's shape, made for this call) to add. Which of the two is formed
+        first is the seam's choice: here the stencil sum, term by term with
+        shift-and-add, then `plus` into it (the lower host peak: the
+        stencil's temporaries are gone before `plus` runs); on the GPU `plus`
+        first, and one gather pass adds the whole sum into its result.
         """
         v = stencil.apply(self, x, batch, scale)
-        if out is None:
+        if plus is None:
             return v
-        out += v
-        return out
+        if v is x:
+            v = v.copy()
+        v += plus()
+        return v
 
     # ---------------------------------------------------------------- CG
     def cg_ops(self, batch, n, dtype):

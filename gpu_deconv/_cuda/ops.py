@@ -108,14 +108,19 @@ class CudaOps(ArrayOps):
         return super().sherman_morrison(D, Y, Z, alpha)
 
     # ----------------------------------------------- small-kernel normal operators
-    def stencil_normal(self, x, stencil, batch, scale=None, out=None):
+    def stencil_normal(self, x, stencil, batch, scale=None, plus=None):
         if stencil.boundary is not None and self._serves(x, len(stencil.n)) \
-                and (scale is None or _real(scale)) and x.flags.c_contiguous \
-                and (out is None or (out.flags.c_contiguous and out.dtype == x.dtype and out is not x)):
+                and (scale is None or _real(scale)):
             # One gather pass for the whole sum (a dozen shift-and-add passes otherwise),
-            # added into `out` in the same pass.
+            # added into the rest of the normal operator in the same pass.
+            x = self.xp.ascontiguousarray(x)
+            out = None
+            if plus is not None:
+                out = plus()
+                if out is x or not out.flags.c_contiguous or out.dtype != x.dtype:
+                    out = self.xp.array(out, dtype=x.dtype, order="C", copy=True)
             return stencil_normal(x, stencil, scale, out)
-        return super().stencil_normal(x, stencil, batch, scale, out)
+        return super().stencil_normal(x, stencil, batch, scale, plus)
 
     # ---------------------------------------------------------------- CG
     def cg_ops(self, batch, n, dtype):

@@ -147,10 +147,9 @@ class Problem:
         stencil = self._reg_stencil() if self.use_reg else None
 
         def apply(x):
-            if stencil is not None:
-                # A's normal, then the regularizer added into it (on the GPU in the same gather pass).
-                out = A.normal_unchecked(x, x.shape[:1])
-                out = bk.ops.stencil_normal(x, stencil, x.shape[:1], lam, out=out)
+            if stencil is not None:  # the regularizer and A's normal (on the GPU: one gather pass adds them)
+                out = bk.ops.stencil_normal(x, stencil, x.shape[:1], lam,
+                                            plus=lambda: A.normal_unchecked(x, x.shape[:1]))
             elif self.use_reg:
                 # The regularizer first, scaled in place: at most one extra array alive during A's normal.
                 out = self._normal_reg(x)
