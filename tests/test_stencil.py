@@ -253,3 +253,37 @@ def test_launcher_refuses_bad_operands(rng):
     mixed = StencilSum([(1.0,) + op.direct_term(), (1.0,) + other.direct_term()], n)
     with pytest.raises(ValueError, match="share one boundary"):
         stencil_normal(x, mixed)
+
+
+@needs_compiler
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_kernel_under_address_sanitizer(tmp_path, rng, boundary):
+    # Every buffer (x, out, the scale, both tables) is a heap block of exactly its size: a read
+    # outside it (a wrong interior box, a preimage beyond the image) is reported.
+    from test_kernels_simulated import sanitizer_or_skip
+
+    from gpu_deconv._cuda import modules
+
+    sanitizer_or_skip("address", tmp_path)
+    cases = [(1, (5,), "full"), (1, (2,), "same"), (2, (7, 6), "valid"), (2, (19, 16), "same"),
+             (3, (3, 4, 5), "full")]
+    bufs, launches, wants = [], [], []
+    for nd, n, mode in cases:
+        terms = _terms(rng, nd, n, mode, boundary, "matlab", count=3)
+        S = _stencil(terms, n)
+        tab, vals = S.tables()
+        x = rng.standard_normal((2,) + n)
+        scale = np.array([1.5, 0.5])
+        want = (x.reshape(2, -1) @ _dense(terms, n).T).reshape(x.shape)
+        wants.append(want * scale.reshape((2,) + (1,) * nd))
+        i = len(bufs)
+        bufs += [x, np.zeros_like(x), scale, tab, vals]
+        name = _cuda.kernel_name("stencil_normal", np.float64, boundary=S.boundary, ndim=nd)
+        dims = tuple(I64(v) for v in n + (1,) * (3 - nd))
+        args = tuple(("buf", i + j) for j in range(5)) + (I64(x.size), I64(1)) + dims + (I64(0),)
+        launches.append((name, (2,), (_cuda.BLOCK,), args))
+    code = (modules.source_dir() / "stencil.cu").read_text()
+    mod = executor.Module(code, modules.compile_options(np.float64))
+    out, _ = mod.run_sanitized("address", bufs, launches)
+    for k, want in enumerate(wants):
+        assert_close(out[5 * k + 1], want, np.float64)
