@@ -155,6 +155,60 @@ def _err(got, want):
     return float(np.abs(got.astype(np.complex128) - want.astype(np.complex128)).max(initial=0.0)) / scale
 
 
+def _cg_scalar_mismatch(cp, dt, rng):
+    """Share of values where CGKernels.step / check / beta differ from CuPy's array expressions.
+
+    Bit for bit (NaN payloads apart), over 600 images (more than a block's
+    threads) with zero, negative, inf and NaN curvatures and residuals and some
+    images already stopped: what batched_cg_fused's array path computes.
+    """
+    B, rtol = 600, 1e-3
+
+    def vals(special):
+        v = rng.standard_normal(B) * 10.0 ** rng.integers(-5, 6, B)
+        m = rng.random(B) < 0.3
+        v[m] = rng.choice(special, m.sum())
+        return cp.asarray(v)
+
+    rz, pq = vals([0.0, np.inf, np.nan, -1.0]), vals([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, 5e-324])
+    rr, rz_new = cp.abs(vals([0.0, np.inf, np.nan, (0.9e-3) ** 2])), vals([0.0, np.inf, np.nan])
+    bnorm = cp.asarray(np.where(rng.random(B) < 0.2, 1.0, rng.uniform(0.5, 2.0, B)))
+    active0 = cp.asarray(rng.random(B) < 0.8)
+    keep = active0 & cp.asarray(rng.random(B) < 0.9)
+    # the array path (batched_cg_fused without the kernels), quiet on the simulator
+    with np.errstate(all="ignore"):
+        step = rz / cp.where(pq > 0, pq, 1)
+        bad = active0 & ~((pq > 0) & cp.isfinite(step))
+        active, breakdown, broken = active0 & ~bad, bad.copy(), bad
+        a = cp.where(active, step, 0)
+        iters = cp.zeros(B, dtype=np.int64) + active
+        res = cp.sqrt(rr) / bnorm
+        bad = active & ~cp.isfinite(res)
+        breakdown, active, broken = breakdown | bad, active & ~bad, broken | bad
+        done = active & (res <= rtol)
+        flags = cp.stack([broken.any(), done.any(), active.any()])
+        beta = cp.where(keep, rz_new / cp.where(rz != 0, rz, 1), 0)
+    want = [a, active, breakdown, broken, iters, res, done, flags, beta]
+    ops = _cuda.CGKernels((B,), (1,), dt)
+    flag = [cp.zeros(B, dtype=bool) for _ in range(3)]
+    got = [cp.empty(B), active0.copy(), flag[0], flag[1], cp.zeros(B, dtype=np.int64), cp.empty(B), flag[2],
+           cp.zeros(3, dtype=bool), cp.empty(B)]
+    ops.step(rz, pq, got[1], got[2], got[3], out=got[0])
+    ops.check(rr, bnorm, rtol, got[1], got[2], got[3], got[4], got[5], got[6], got[7])
+    ops.beta(rz_new, rz, keep, out=got[8])
+    bad_values = total = 0
+    for g, w in zip(got, want):
+        g, w = _backend("cupy").asnumpy(g), _backend("cupy").asnumpy(w)
+        if w.dtype.kind == "f":
+            nan = np.isnan(w)
+            same = np.where(nan, np.isnan(g), g.view(np.uint64) == w.view(np.uint64))
+        else:
+            same = g == w
+        bad_values += int((~same).sum())
+        total += same.size
+    return bad_values / total
+
+
 def launcher_checks(cp):
     """(name, dtype, relative error) of each launcher against the generic CuPy path."""
     from gpu_deconv._backend import get_backend
@@ -259,6 +313,7 @@ def launcher_checks(cp):
             pp = p.copy()
             ops.update_p(pp, w, beta)
             yield f"CGKernels.update_p N={N}", dt, _err(pp, w + beta.astype(dt)[:, None] * p)
+        yield "CGKernels.step/check/beta (bits differing)", dt, _cg_scalar_mismatch(cp, dt, rng)
 
 
 def check_launchers(cp, rep):

@@ -8,6 +8,12 @@
 // gd_cg_update_xr_<..>(x, r, p, q, a, partial, n, nimg, nblk)   x += a p, r -= a q, partial r . r
 // gd_cg_update_p_<..>(p, z, beta, total, n)                      p = z + beta p
 // gd_sum_partials(partial, out, nblk, nimg)
+// The per-image scalars of an iteration (float64 arrays and bool flags of nimg values, one
+// kernel for both precisions; see cg.cuh):
+// gd_cg_step(rz, pq, active, breakdown, broken, a, nimg)                  any grid
+// gd_cg_check(rr, bnorm, rtol, active, breakdown, broken, iters, res, done, flags, nimg)
+//     one block of GD_BLOCK threads; flags[0..2] = any(broken), any(done), any(active)
+// gd_cg_beta(rz_new, rz, keep, beta, nimg)                                 any grid
 #include "cg.cuh"
 
 extern "C" __global__ void gd_sum_partials(const double* __restrict__ partial,
@@ -19,6 +25,41 @@ extern "C" __global__ void gd_sum_partials(const double* __restrict__ partial,
         const double s = gd_block_reduce<gd_sum<double>, double>(acc, sh);
         if (threadIdx.x == 0) out[b] = s;
     }
+}
+
+extern "C" __global__ void gd_cg_step(const double* __restrict__ rz, const double* __restrict__ pq,
+                                      bool* __restrict__ active, bool* __restrict__ breakdown,
+                                      bool* __restrict__ broken, double* __restrict__ a,
+                                      long long nimg) {
+    for (gd_i64 b = gd_thread_index(); b < nimg; b += gd_thread_stride())
+        gd_cg_step_at(rz, pq, active, breakdown, broken, a, b);
+}
+
+// One block: its threads stride over the images, then the block counts the images of each
+// flag (sums of 0 / 1 in double, exact; the reduction the kernels above use).
+extern "C" __global__ void gd_cg_check(const double* __restrict__ rr, const double* __restrict__ bnorm,
+                                       double rtol, bool* __restrict__ active,
+                                       bool* __restrict__ breakdown, bool* __restrict__ broken,
+                                       long long* __restrict__ iters, double* __restrict__ res,
+                                       bool* __restrict__ done, bool* __restrict__ flags,
+                                       long long nimg) {
+    __shared__ double sh[GD_BLOCK];
+    double count[3] = {0.0, 0.0, 0.0};
+    for (gd_i64 b = threadIdx.x; b < nimg; b += blockDim.x) {
+        const int f = gd_cg_check_at(rr, bnorm, rtol, active, breakdown, broken, iters, res, done, b);
+        for (int k = 0; k < 3; ++k) count[k] += (double)((f >> k) & 1);
+    }
+    for (int k = 0; k < 3; ++k) {
+        const double total = gd_block_reduce<gd_sum<double>, double>(count[k], sh);
+        if (threadIdx.x == 0) flags[k] = total > 0.0;
+    }
+}
+
+extern "C" __global__ void gd_cg_beta(const double* __restrict__ rz_new, const double* __restrict__ rz,
+                                      const bool* __restrict__ keep, double* __restrict__ beta,
+                                      long long nimg) {
+    for (gd_i64 b = gd_thread_index(); b < nimg; b += gd_thread_stride())
+        gd_cg_beta_at(rz_new, rz, keep, beta, b);
 }
 
 #define GD_CG_KERNELS(T, SFX)                                                               \

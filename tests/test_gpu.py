@@ -270,6 +270,96 @@ def test_public_cg(rng, monkeypatch, dtype):
     assert_close(xg, xh, dtype, factor=100)
 
 
+class _ArrayScalarsCG(_cuda.CGKernels):
+    """CGKernels with the per-image bookkeeping as the array expressions the kernels replaced."""
+
+    def step(self, rz, pq, active, breakdown, broken, out):
+        step = rz / cp.where(pq > 0, pq, 1)
+        bad = active & ~((pq > 0) & cp.isfinite(step))
+        breakdown |= bad
+        active &= ~bad
+        broken[...] = bad
+        out[...] = cp.where(active, step, 0)
+        return out
+
+    def check(self, rr, bnorm, rtol, active, breakdown, broken, iters, res, done, flags):
+        iters += active
+        res[...] = cp.sqrt(rr) / bnorm
+        bad = active & ~cp.isfinite(res)
+        breakdown |= bad
+        active &= ~bad
+        broken |= bad
+        done[...] = active & (res <= rtol)
+        flags[...] = cp.stack([broken.any(), done.any(), active.any()])
+        return flags
+
+    def beta(self, rz_new, rz, keep, out):
+        out[...] = cp.where(keep, rz_new / cp.where(rz != 0, rz, 1), 0)
+        return out
+
+
+def _cg_cases(rng):
+    """(name, dtype, A, b, x0, M, rtol): restarts, stagnation, b = 0, breakdowns, B > a block's threads."""
+    for dtype in DTYPES:
+        d = rng.uniform(0.5, 5.0, (6, 40)).astype(dtype)
+        d[1] = np.linspace(1, 1e4, 40)  # ill-conditioned: restarts (stagnation in float32)
+        b = rng.standard_normal((6, 40)).astype(dtype)
+        b[2] = 0
+        d[3, 5] = -1.0  # indefinite: a breakdown on the curvature
+        d[4, :] = np.inf  # the operator overflows: inf * 0 makes p . A p NaN
+        b[4, 7] = 0
+        dg = cp.asarray(d)
+        calls = [0]
+
+        def A(v, dg=dg, calls=calls):
+            calls[0] += 1
+            out = dg * v
+            if calls[0] == 4:
+                out[5, 3] = np.nan  # the operator fails once for image 5: a NaN curvature
+            return out
+
+        x0 = cp.asarray(rng.standard_normal((6, 40)).astype(dtype))
+        tight = 1e-12 if dtype == np.float64 else 1e-7
+        yield f"plain-{np.dtype(dtype).name}", dtype, A, cp.asarray(b), None, None, tight, calls
+
+        def M(r, dg=dg):  # an inexact preconditioner
+            return r / cp.sqrt(cp.abs(dg))
+
+        yield f"x0-M-{np.dtype(dtype).name}", dtype, A, cp.asarray(b), x0, M, 1e-4, calls
+    dg = cp.asarray(rng.uniform(0.5, 5.0, (300, 8)))
+    b = cp.asarray(rng.standard_normal((300, 8)))
+    yield "B=300", np.float64, (lambda v: dg * v), b, None, None, 1e-9, [0]
+
+
+def test_cg_scalar_kernels_give_the_array_expressions_results(rng):
+    # The deferred CG branch's step / check / beta kernels against the array expressions they
+    # replaced, everything else (the vector kernels) the same: bit for bit, per image.
+    from gpu_deconv.solvers.cg import batched_cg_fused
+
+    bk = _backend("cupy")
+    for name, dtype, A, b, x0, M, rtol, calls in _cg_cases(rng):
+        runs = []
+        for ops_class in (_cuda.CGKernels, _ArrayScalarsCG):
+            calls[0] = 0
+            seen = []
+            ops = ops_class(b.shape[:1], b.shape[1:], dtype)
+            with np.errstate(all="ignore"):
+                x, info = batched_cg_fused(bk, A, b, 1, ops, x0=x0, rtol=rtol, maxiter=60, M=M,
+                                           callback=lambda xs, seen=seen: seen.append(to_numpy(xs)),
+                                           keep_history=True)
+            runs.append((to_numpy(x), info, seen))
+        (x1, i1, s1), (x2, i2, s2) = runs
+        np.testing.assert_array_equal(x1, x2, err_msg=name)
+        for key in ("iterations", "residual", "converged", "breakdown", "stagnated"):
+            np.testing.assert_array_equal(i1[key], i2[key], err_msg=f"{name} {key}")
+        assert len(i1["history"]) == len(i2["history"]) and len(s1) == len(s2), name
+        for h1, h2 in zip(i1["history"] + s1, i2["history"] + s2):
+            np.testing.assert_array_equal(h1, h2, err_msg=name)
+        if name.startswith("plain"):  # what the cases are there for did happen
+            assert i1["breakdown"][[3, 4, 5]].all() and not i1["breakdown"][[0, 1, 2]].any(), name
+            assert i1["iterations"][2] == 0 and i1["converged"][[0, 2]].all(), name
+
+
 # ------------------------------------------------------- kernels in detail
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("boundary", ["zero", "periodic", "symmetric", "reflect", "replicate"])

@@ -220,7 +220,8 @@ def test_sources_use_no_outside_headers():
 
 
 # ---------------------------------------------------------------- signatures
-_CTYPES = {"i64": "long long", "i32": "int", "f64*": "double*", "i64*": "long long*"}
+_CTYPES = {"i64": "long long", "i32": "int", "f64": "double", "f64*": "double*", "i64*": "long long*",
+           "b*": "bool*"}
 
 
 def _c_type(spec, dtype):

@@ -399,6 +399,129 @@ def test_cg_kernels_exhaustive(rng, dtype, B, N):
     check_cg(rng, dtype, B, N, [(2, 2, False)], threads="pool")
 
 
+# The per-image scalars of an iteration (gd_cg_step / gd_cg_check / gd_cg_beta): bit for bit the
+# array expressions of batched_cg_fused's array path, written out here as the reference.
+def _scalars_ref(rz, pq, rr, bnorm, rtol, active, breakdown, iters, rz_new, keep):
+    with np.errstate(all="ignore"):
+        step = rz / np.where(pq > 0, pq, 1)
+        bad = active & ~((pq > 0) & np.isfinite(step))
+        breakdown = breakdown | bad
+        active = active & ~bad
+        broken = bad
+        a = np.where(active, step, 0)
+        iters = iters + active
+        res = np.sqrt(rr) / bnorm
+        bad = active & ~np.isfinite(res)
+        breakdown = breakdown | bad
+        active = active & ~bad
+        broken = broken | bad
+        done = active & (res <= rtol)
+        beta = np.where(keep, rz_new / np.where(rz != 0, rz, 1), 0)
+    return {"a": a, "active": active, "breakdown": breakdown, "broken": broken, "iters": iters, "res": res,
+            "done": done, "flags": np.array([broken.any(), done.any(), active.any()]), "beta": beta}
+
+
+def _same_bits(got, want, what):
+    """Equal bit for bit, NaN apart (its payload is the FPU's): -0.0 is not 0.0."""
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    nan = np.isnan(want) if want.dtype.kind == "f" else np.zeros(want.shape, bool)
+    np.testing.assert_array_equal(np.isnan(got) if got.dtype.kind == "f" else nan, nan, err_msg=what)
+    g, w = got[~nan], want[~nan]
+    if w.dtype.kind == "f":
+        g, w = g.view(np.uint64), w.view(np.uint64)
+    np.testing.assert_array_equal(g, w, err_msg=what)
+
+
+def _special(rng, B, values):
+    """B random values with a share of the given special ones."""
+    v = rng.standard_normal(B) * 10.0 ** rng.integers(-5, 6, B)
+    pick = rng.random(B) < 0.3
+    v[pick] = rng.choice(values, pick.sum())
+    return v
+
+
+def _scalar_case(rng, B):
+    inf, nan = np.inf, np.nan
+    rz = _special(rng, B, [0.0, -0.0, inf, -inf, nan, 1e300, 5e-324])
+    pq = _special(rng, B, [0.0, -0.0, inf, -inf, nan, -1.0, 1e-300, 5e-324])
+    rr = np.abs(_special(rng, B, [0.0, inf, nan, 1e308, 1e-6, 1e-300]))
+    rr[rng.random(B) < 0.05] = nan
+    bnorm = np.where(rng.random(B) < 0.2, 1.0, rng.uniform(0.5, 2.0, B) * 10.0 ** rng.integers(-3, 4, B))
+    rz_new = _special(rng, B, [0.0, inf, nan, 1e-300])
+    active = rng.random(B) < 0.8  # some images already stopped
+    breakdown = ~active & (rng.random(B) < 0.5)
+    iters = rng.integers(0, 50, B).astype(np.int64)
+    keep = active & (rng.random(B) < 0.9)
+    return rz, pq, rr, bnorm, active, breakdown, iters, rz_new, keep
+
+
+def run_cg_scalars(rz, pq, rr, bnorm, rtol, active, breakdown, iters, rz_new, keep, grid, reverse=False,
+                   threads=None):
+    """The three kernels as CGKernels launches them (the step's and the beta's grid given)."""
+    B = rz.size
+    out = {"active": active.copy(), "breakdown": breakdown.copy(), "iters": iters.copy(),
+           "broken": rng_garbage_bool(B), "a": np.full(B, np.nan), "res": np.full(B, np.nan),
+           "done": rng_garbage_bool(B), "flags": np.array([True, False, True]), "beta": np.full(B, np.nan)}
+    launch("cg_step", np.float64, grid, (rz, pq, out["active"], out["breakdown"], out["broken"], out["a"],
+                                        I64(B)), reverse=reverse)
+    # (one kernel for both precisions: here that of the float32 module)
+    launch("cg_check", np.float32, (1,), (rr, bnorm, np.float64(rtol), out["active"], out["breakdown"],
+                                         out["broken"], out["iters"], out["res"], out["done"], out["flags"],
+                                         I64(B)), reverse=reverse, threads=threads)
+    launch("cg_beta", np.float64, grid, (rz_new, rz, keep, out["beta"], I64(B)), reverse=reverse)
+    return out
+
+
+def rng_garbage_bool(B):
+    """What the kernels overwrite starts as alternating True / False (not what they will write)."""
+    return np.arange(B) % 2 == 0
+
+
+@pytest.mark.parametrize("B", [1, 5, 256, 600])
+def test_cg_scalar_kernels_match_the_array_expressions(rng, B):
+    # B = 600: more images than one block has threads (the check kernel's stride loop and its
+    # block reduction of the flags); NaN / inf / zero / negative pq, rr, rz; stopped images.
+    rtol = 1e-3
+    case = _scalar_case(rng, B)
+    rz, pq, rr, bnorm, active, breakdown, iters, rz_new, keep = case
+    # some residuals right at the tolerance
+    near = rng.random(B) < 0.2
+    rr[near] = (rtol * bnorm[near] * rng.uniform(0.9, 1.1, near.sum())) ** 2
+    want = _scalars_ref(rz, pq, rr, bnorm, rtol, active, breakdown, iters, rz_new, keep)
+    for grid in grids_1d(B):
+        for reverse in (False, True):
+            got = run_cg_scalars(*case[:4], rtol, *case[4:], grid=grid, reverse=reverse)
+            for k in want:
+                _same_bits(got[k], want[k], f"{k} B={B} grid={grid} reverse={reverse}")
+
+
+@pytest.mark.parametrize("threads", [None, "pool"])
+@pytest.mark.parametrize("B,where", [(600, 599), (600, 0), (300, 257), (3, 1)])
+def test_cg_check_flags_of_one_image(rng, B, where, threads):
+    # One image anywhere (beyond the first block-stride sweep too) sets each flag alone; none
+    # when it does not. Threads on the pool: the block reduction's barriers are real.
+    ones, rtol = np.ones(B), 1e-3
+    inactive, zeros = np.zeros(B, bool), np.zeros(B, np.int64)
+
+    def flags(rr, active, pq=ones):
+        return run_cg_scalars(ones, pq, rr, ones, rtol, active, inactive, zeros, ones, active, grid=(1,),
+                              threads=threads)["flags"].tolist()
+
+    assert flags(ones, inactive) == [False, False, False]
+    one = np.zeros(B, bool)
+    one[where] = True
+    assert flags(ones, one) == [False, False, True]  # active, not done
+    rr = ones.copy()
+    rr[where] = 1e-8
+    assert flags(rr, one) == [False, True, True]  # done
+    rr[where] = np.inf
+    assert flags(rr, one) == [True, False, False]  # broken after the update
+    pq = ones.copy()
+    pq[where] = 0.0
+    assert flags(ones, one, pq) == [True, False, False]  # broken at the step (non-positive curvature)
+    assert flags(rr, inactive) == [False, False, False]  # a stopped image's inf residual is no breakdown
+
+
 # ---------------------------------------------------------- strict launches
 def test_launches_are_checked_strictly(rng):
     x = np.zeros((2, 8))
@@ -504,6 +627,29 @@ def test_reductions_under_thread_sanitizer(tmp_path, dtype):
     den = np.abs(H.astype(np.complex128)) ** 2 + alpha[:, None, None]  # has_r = 0: no lam R
     assert_close(sout[4].min(axis=1), den.min(axis=(1, 2)), dtype)
     assert_close(sout[5].max(axis=1), den.max(axis=(1, 2)), dtype)
+
+
+@pytest.mark.parametrize("sanitizer", ["thread", "address"])
+def test_cg_scalar_kernels_under_sanitizers(tmp_path, rng, sanitizer):
+    # The flags' block reduction on real threads (ThreadSanitizer), every per-image array a
+    # heap block of exactly its size (AddressSanitizer); more images than the block's threads.
+    sanitizer_or_skip(sanitizer, tmp_path)
+    B, rtol = 600, 1e-3
+    case = _scalar_case(rng, B)
+    rz, pq, rr, bnorm, active, breakdown, iters, rz_new, keep = case
+    want = _scalars_ref(rz, pq, rr, bnorm, rtol, active, breakdown, iters, rz_new, keep)
+    bufs = [rz, pq, rr, bnorm, active.copy(), breakdown.copy(), np.zeros(B, bool), iters.copy(), np.zeros(B),
+            np.zeros(B), np.zeros(B, bool), np.zeros(3, bool), rz_new, keep, np.zeros(B)]
+    b = [("buf", i) for i in range(len(bufs))]
+    out, _ = module("cg", np.float64).run_sanitized(sanitizer, bufs, [
+        ("gd_cg_step", (2,), BLOCK, (b[0], b[1], b[4], b[5], b[6], b[8], I64(B))),
+        ("gd_cg_check", (1,), BLOCK, (b[2], b[3], np.float64(rtol), b[4], b[5], b[6], b[7], b[9], b[10],
+                                      b[11], I64(B)), True),
+        ("gd_cg_beta", (2,), BLOCK, (b[12], b[0], b[13], b[14], I64(B))),
+    ])
+    for k, i in (("active", 4), ("breakdown", 5), ("broken", 6), ("iters", 7), ("a", 8), ("res", 9),
+                 ("done", 10), ("flags", 11), ("beta", 14)):
+        _same_bits(out[i], want[k], k)
 
 
 def _without_barrier(which):

@@ -291,8 +291,9 @@ def test_gpu_check_script_runs_on_the_simulator(tmp_path):
     assert "ALL CHECKS PASSED" in report and "SIMULATOR RUN" in report
     rows = [ln for ln in report.splitlines() if ln.endswith("| ok |")]
     # modules x precisions, then per precision: pad/fold, crop/mask/embed (plain and scaled),
-    # spectral & multichannel, the CG kernels, stencil_normal (every boundary, 1-3 axes)
-    per_dtype = 2 * 5 * 3 + 5 * 3 + 6 + 4 * 3 + 5 * 3
+    # spectral & multichannel, the CG kernels (and their per-image scalars), stencil_normal
+    # (every boundary, 1-3 axes)
+    per_dtype = 2 * 5 * 3 + 5 * 3 + 6 + 4 * 3 + 1 + 5 * 3
     assert len(rows) == 2 * len(_cuda.modules.MODULES) + 2 * per_dtype, len(rows)
     assert "FAILED" not in report
     assert "one PCG iteration" in report and "NumPy path" in report  # the timing code ran (tiny sizes)

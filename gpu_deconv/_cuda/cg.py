@@ -72,6 +72,15 @@ class CGKernels:
             raise ValueError(f"out must be a C-contiguous float64 array of shape {self.batch}")
         return out
 
+    def _state(self, name, v, dtype):
+        """A per-image array the kernels read and write in place: its flat (B,) view."""
+        if (tuple(v.shape) != self.batch or np.dtype(v.dtype) != np.dtype(dtype) or not v.flags.c_contiguous
+                or not isinstance(v, self._cp.ndarray)):
+            got = f"{type(v).__name__} {getattr(v, 'dtype', None)} {tuple(v.shape)}"
+            raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype)} device array of shape "
+                             f"{self.batch}; got {got}")
+        return v.reshape(self.B)
+
     def _finish(self, out):
         if self.B:
             launch("sum_partials", self.dtype, self._finish_grid, (BLOCK,),
@@ -105,3 +114,51 @@ class CGKernels:
         if total:
             launch("cg_update_p", self.dtype, grid_1d(total), (BLOCK,), (pf, zf, bf, total, self.N))
         return p
+
+    # Per-image scalars of one iteration of batched_cg_fused, one launch each (see kernels/cg.cuh);
+    # float64 values and bool flags of the batch's shape, updated in place.
+    def step(self, rz, pq, active, breakdown, broken, out):
+        """``step = rz / pq``, its curvature check and ``a = where(active, step, 0)`` in one launch.
+
+        An active image whose ``pq`` is not positive or whose step is not finite
+        breaks down: ``breakdown`` is set, ``active`` cleared, ``broken`` says
+        which images did so here (it is overwritten). Returns `out` (``a``).
+        """
+        f64, flag = np.float64, np.bool_
+        args = (self._state("rz", rz, f64), self._state("pq", pq, f64), self._state("active", active, flag),
+                self._state("breakdown", breakdown, flag), self._state("broken", broken, flag),
+                self._state("out", out, f64), self.B)
+        if self.B:
+            launch("cg_step", self.dtype, grid_1d(self.B), (BLOCK,), args)
+        return out
+
+    def check(self, rr, bnorm, rtol, active, breakdown, broken, iters, res, done, flags):
+        """After the update: ``iters += active``, ``res = sqrt(rr) / bnorm``, its check, ``done``, the flags.
+
+        An active image whose ``res`` is not finite breaks down (``breakdown``
+        set, ``active`` cleared, ``broken`` ORed); ``done = active & (res <=
+        rtol)``. ``flags`` (3 bools) gets ``any(broken), any(done), any(active)``:
+        what the iteration's one host read fetches. One launch of one block.
+        """
+        f64, flag = np.float64, np.bool_
+        if tuple(flags.shape) != (3,) or flags.dtype != np.bool_ or not flags.flags.c_contiguous:
+            raise ValueError(f"flags must be a C-contiguous bool array of 3 values; got {flags.dtype} "
+                             f"{tuple(flags.shape)}")
+        args = (self._state("rr", rr, f64), self._state("bnorm", bnorm, f64), float(rtol),
+                self._state("active", active, flag), self._state("breakdown", breakdown, flag),
+                self._state("broken", broken, flag), self._state("iters", iters, np.int64),
+                self._state("res", res, f64), self._state("done", done, flag), flags, self.B)
+        if self.B:
+            launch("cg_check", self.dtype, (1,), (BLOCK,), args)
+        else:
+            flags[...] = False
+        return flags
+
+    def beta(self, rz_new, rz, keep, out):
+        """``where(keep, rz_new / where(rz != 0, rz, 1), 0)`` into `out` in one launch; returns `out`."""
+        f64 = np.float64
+        args = (self._state("rz_new", rz_new, f64), self._state("rz", rz, f64),
+                self._state("keep", keep, np.bool_), self._state("out", out, f64), self.B)
+        if self.B:
+            launch("cg_beta", self.dtype, grid_1d(self.B), (BLOCK,), args)
+        return out

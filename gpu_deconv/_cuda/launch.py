@@ -34,10 +34,10 @@ REDUCE_BLOCKS = 2048
 MAX_PARTIALS = 1024
 
 # Parameter kinds of every kernel, in order: "T*" / "C*" a C-contiguous
-# array of the real / complex working dtype, "f64*" / "i64*" a float64 /
-# int64 array, a
+# array of the real / complex working dtype, "f64*" / "i64*" / "b*" a float64 /
+# int64 / bool array, a
 # leading "?" allows None (the kernel gets a stand-in it does not read, see
-# stand_in); "i64" / "i32" scalars (long long / int).
+# stand_in); "i64" / "i32" / "f64" scalars (long long / int / double).
 _GEOM = ("i64",) * 12
 _WIN = ("i64",) * 6
 SIGNATURES = {
@@ -56,6 +56,9 @@ SIGNATURES = {
     "cg_update_xr": ("T*", "T*", "T*", "T*", "f64*", "f64*", "i64", "i64", "i64"),
     "cg_update_p": ("T*", "T*", "f64*", "i64", "i64"),
     "sum_partials": ("f64*", "f64*", "i64", "i64"),
+    "cg_step": ("f64*", "f64*", "b*", "b*", "b*", "f64*", "i64"),
+    "cg_check": ("f64*", "f64*", "f64", "b*", "b*", "b*", "i64*", "f64*", "b*", "b*", "i64"),
+    "cg_beta": ("f64*", "f64*", "b*", "f64*", "i64"),
     "stencil_normal": ("T*", "T*", "T*", "i64*", "T*", "i64", "i64", "i64", "i64", "i64", "i64"),
 }
 
@@ -67,12 +70,15 @@ MODULE_OF = {
     "precond_mul": "spectral", "precond_div": "spectral",
     "sherman_morrison": "multichannel",
     "dot_partial": "cg", "cg_update_xr": "cg", "cg_update_p": "cg", "sum_partials": "cg",
+    "cg_step": "cg", "cg_check": "cg", "cg_beta": "cg",
     "stencil_normal": "stencil",
 }
 
 #: Kinds with one kernel per (boundary, ndim), and with one per ndim; the others have one.
 PER_BOUNDARY = ("pad", "fold", "stencil_normal")
 PER_NDIM = ("crop", "mask", "embed_scaled", "crop_scaled")
+#: Kinds with one kernel for both precisions (they touch only float64 / int64 / bool arrays).
+ANY_PRECISION = ("sum_partials", "cg_step", "cg_check", "cg_beta")
 
 COMPLEX_OF = {np.dtype(np.float32): np.dtype(np.complex64), np.dtype(np.float64): np.dtype(np.complex128)}
 REAL_OF = {c: r for r, c in COMPLEX_OF.items()}
@@ -92,8 +98,8 @@ def kernel_name(kind, dtype, *, boundary=None, ndim=None) -> str:
     if kind in PER_NDIM:
         check_nd(ndim)
         return f"gd_{kind}_{int(ndim)}d_{sfx}"
-    if kind == "sum_partials":
-        return "gd_sum_partials"
+    if kind in ANY_PRECISION:
+        return f"gd_{kind}"
     return f"gd_{kind}_{sfx}"
 
 
@@ -188,12 +194,16 @@ def convert_args(kind, dtype, args, device_id):
     if len(args) != len(spec):
         raise TypeError(f"kernel {kind} takes {len(spec)} arguments; got {len(args)}")
     real = np.dtype(dtype)
-    want = {"T": real, "C": COMPLEX_OF[real], "f64": np.dtype(np.float64), "i64": np.dtype(np.int64)}
+    want = {"T": real, "C": COMPLEX_OF[real], "f64": np.dtype(np.float64), "i64": np.dtype(np.int64),
+            "b": np.dtype(np.bool_)}
     out = []
     for i, (s, a) in enumerate(zip(spec, args)):
         if s in ("i64", "i32"):
             v = int(a)
             out.append(np.int64(v) if s == "i64" else np.int32(v))
+            continue
+        if s == "f64":
+            out.append(np.float64(float(a)))
             continue
         nullable = s.startswith("?")
         base = s.lstrip("?").rstrip("*")

@@ -52,11 +52,11 @@ CUDA_LIMITS = {"grid": (2**31 - 1, 65535, 65535), "block": (1024, 1024, 64), "th
 _C_DTYPES = {
     "float": np.dtype(np.float32), "double": np.dtype(np.float64),
     "gd_complex<float>": np.dtype(np.complex64), "gd_complex<double>": np.dtype(np.complex128),
-    "long long": np.dtype(np.int64),
+    "long long": np.dtype(np.int64), "bool": np.dtype(np.bool_),
 }
 _C_SCALARS = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int),
               "unsigned int": (np.uint32, ctypes.c_uint),
-              "unsigned long long": (np.uint64, ctypes.c_ulonglong)}
+              "unsigned long long": (np.uint64, ctypes.c_ulonglong), "double": (np.float64, ctypes.c_double)}
 
 
 class LaunchError(RuntimeError):
@@ -366,7 +366,7 @@ class Module:
             if kind == "ptr":
                 v = ctypes.c_void_p(a.ctypes.data if a.size else 0)
             else:
-                v = _C_SCALARS[k.params[i]][1](int(a))
+                v = _C_SCALARS[k.params[i]][1](a.item())
             keep.append(v)
             ptrs[i] = ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
         g = (ctypes.c_uint * 3)(*grid)

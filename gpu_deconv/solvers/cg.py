@@ -156,7 +156,11 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     * ``dot(u, v, out)``: per-image dot product;
     * ``update_xr(x, r, p, q, a, out)``: ``x += a p``, ``r -= a q`` in one
       pass, returning the new ``r . r``;
-    * ``update_p(p, z, beta)``: ``p = z + beta p`` in place.
+    * ``update_p(p, z, beta)``: ``p = z + beta p`` in place;
+    * with ``skips_zero_steps`` (the GPU's kernels), also ``step``, ``check`` and
+      ``beta``: the per-image bookkeeping of the iteration (step sizes, breakdown
+      checks, residuals, the flags of its one host read), in place on the loop's
+      arrays; the array expressions they replace are written out beside them.
 
     x, r and p are allocated once, before the loop, and updated in place; the
     per-image scalars have the dtype of ``ops.dot`` (float64 on the GPU, where
@@ -225,43 +229,51 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
     # elsewhere (array expressions, whose reads cost nothing on the host) a
     # breakdown is repaired before the update, as it must be there.
     deferred = bool(getattr(ops, "skips_zero_steps", False))
+    if deferred:
+        # The per-image bookkeeping below is then ops.step / ops.check / ops.beta (a launch
+        # each on the GPU, not some 30 launches of tiny array expressions), into these.
+        a, beta = xp.empty_like(rz), xp.empty_like(rz)
+        broken, done = xp.zeros(batch, dtype=bool), xp.zeros(batch, dtype=bool)
+        flags = xp.zeros(3, dtype=bool)
     active_any = bool(active.any())
     while active_any and n_apply < maxiter:
         q = vec(A(p))
         n_apply += 1
         ops.dot(p, q, out=pq)
-        step = rz / xp.where(pq > 0, pq, 1)
         # A non-finite curvature or step (an operator that overflowed) would put
         # NaN into x: the image stops at its last finite iterate instead, and its
         # r and p are zeroed so that the steps of 0 that follow add exactly 0.
-        bad = active & ~((pq > 0) & xp.isfinite(step))
-        breakdown |= bad
-        active &= ~bad
         if deferred:
-            broken = bad  # a fresh array: the second check below ORs into it in place
-        elif bool(bad.any()):
-            r[bad] = 0
-            p[bad] = 0
-        a = xp.where(active, step, 0)
+            ops.step(rz, pq, active, breakdown, broken, out=a)  # the same as below; broken = bad
+        else:
+            step = rz / xp.where(pq > 0, pq, 1)
+            bad = active & ~((pq > 0) & xp.isfinite(step))
+            breakdown |= bad
+            active &= ~bad
+            if bool(bad.any()):
+                r[bad] = 0
+                p[bad] = 0
+            a = xp.where(active, step, 0)
         ops.update_xr(x, r, p, q, a, out=rr)
         del q
-        iters += active
-        res = xp.sqrt(rr) / safe_bnorm
-        bad = active & ~xp.isfinite(res)
-        breakdown |= bad
-        active &= ~bad
         if deferred:
-            broken |= bad
-        elif bool(bad.any()):
-            r[bad] = 0
-            p[bad] = 0
+            # The same as below, with broken |= bad, and the flags of the one host read.
+            ops.check(rr, safe_bnorm, rtol, active, breakdown, broken, iters, res, done, flags)
+        else:
+            iters += active
+            res = xp.sqrt(rr) / safe_bnorm
+            bad = active & ~xp.isfinite(res)
+            breakdown |= bad
+            active &= ~bad
+            if bool(bad.any()):
+                r[bad] = 0
+                p[bad] = 0
+            done = active & (res <= rtol)
         if keep_history:
             history.append(bk.asnumpy(res))
-        done = active & (res <= rtol)
         if deferred:
             # The iteration's one host read: a breakdown, an image below rtol, any image left.
-            broken_any, done_any, active_any = (bool(v) for v in bk.asnumpy(
-                xp.stack([broken.any(), done.any(), active.any()])))
+            broken_any, done_any, active_any = (bool(v) for v in bk.asnumpy(flags))
             if broken_any:
                 r[broken] = 0
                 p[broken] = 0
@@ -303,13 +315,18 @@ def batched_cg_fused(bk, A, b, nd, ops, *, x0=None, rtol=1e-6, maxiter=DEFAULT_M
             z = r
             if restarted:
                 ops.dot(r, r, out=rz_new)
+            elif deferred:
+                rz_new, rr = rr, rz_new  # r . r of the update pass, by a swap (no copy launch)
             else:
                 rz_new[...] = rr  # r . r of the update pass; r has not changed since
         else:
             z = vec(M(r))
             ops.dot(r, z, out=rz_new)
         keep = active if restart is None else active & ~restart
-        beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0)
+        if deferred:
+            ops.beta(rz_new, rz, keep, out=beta)  # the same as below
+        else:
+            beta = xp.where(keep, rz_new / xp.where(rz != 0, rz, 1), 0)
         ops.update_p(p, z, beta)
         del z  # not needed until the next M(r): one image-sized array less at the peaks
         rz, rz_new = rz_new, rz
