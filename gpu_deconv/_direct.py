@@ -15,7 +15,7 @@ import numpy as np
 
 from ._padding import source_index
 
-__all__ = ["DirectPlan", "direct_forward", "direct_adjoint", "StencilSum"]
+__all__ = ["DirectPlan", "direct_forward", "direct_adjoint", "StencilSum", "scaled_sum"]
 
 
 class DirectPlan:
@@ -233,18 +233,30 @@ class StencilSum:
 
         `scale` (broadcastable per image, or None) multiplies the result.
         """
-        out = None
-        for w, dp, h in self.items:
-            if dp is None:
-                v = x
-            else:
-                hx = h if h.dtype == x.real.dtype else h.astype(x.real.dtype)
-                v = direct_adjoint(ops, direct_forward(ops, x, hx, dp, batch), hx, dp, batch)
-            v = v * w if w != 1 else v
-            out = v if out is None else out + v
-        if scale is not None:
-            if out is x:
-                out = scale * out
-            else:
-                out *= scale
-        return out
+        def direct_normal(dp, h):
+            def normal(v):
+                hx = h if h.dtype == v.real.dtype else h.astype(v.real.dtype)
+                return direct_adjoint(ops, direct_forward(ops, v, hx, dp, batch), hx, dp, batch)
+            return normal
+
+        return scaled_sum(x, [(w, None if dp is None else direct_normal(dp, h)) for w, dp, h in self.items],
+                          scale)
+
+
+def scaled_sum(x, terms, scale=None):
+    """``scale * sum_t w_t N_t(x)`` over ``(w_t, N_t)`` pairs, ``N_t`` None for the identity.
+
+    The order of the operations is the one every array path of the normal
+    operator uses (a weight of 1 costs no pass; `x` itself is never written).
+    """
+    out = None
+    for w, normal in terms:
+        v = x if normal is None else normal(x)
+        v = v * w if w != 1 else v
+        out = v if out is None else out + v
+    if scale is not None:
+        if out is x:
+            out = scale * out
+        else:
+            out *= scale
+    return out

@@ -113,7 +113,6 @@ class CudaOps(ArrayOps):
                 and (scale is None or _real(scale)):
             # One gather pass for the whole sum (a dozen shift-and-add passes otherwise),
             # added into the rest of the normal operator in the same pass.
-            x = self.xp.ascontiguousarray(x)
             out = None
             if plus is not None:
                 out = plus()

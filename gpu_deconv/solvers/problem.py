@@ -12,13 +12,14 @@ chunks that fit in memory and joins their answers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import _memory
-from .._direct import StencilSum
+from .. import _cache, _memory
+from .._direct import StencilSum, scaled_sum
 from .._spectra import abs2
 from .._typing import Boundary, Convention, Mode
 from .._validation import real_dtype
@@ -152,11 +153,7 @@ class Problem:
                                             plus=lambda: A.normal_unchecked(x, x.shape[:1]))
             elif self.use_reg:
                 # The regularizer first, scaled in place: at most one extra array alive during A's normal.
-                out = self._normal_reg(x)
-                if out is x:
-                    out = lam * out
-                else:
-                    out *= lam
+                out = self._normal_reg(x, lam)
                 out += A.normal_unchecked(x, x.shape[:1])
             else:
                 out = A.normal_unchecked(x, x.shape[:1])
@@ -170,6 +167,9 @@ class Problem:
         """The regularizer as one :class:`StencilSum` when every term is the identity or small-kernel.
 
         None when some term takes the FFT path (or has per-image kernels).
+        Cached by the terms (not by lam): every normal operator of the
+        problem and of its variants (chunks, lam probes, the residual) shares
+        one, and its device tables are uploaded once.
         """
         items = []
         for t in self.terms:
@@ -177,19 +177,18 @@ class Problem:
                 items.append((t.weight, None, None))
                 continue
             d = t.op.direct_term()
-            if d is None or t.op.kernel_batch or t.op.spatial_in_shape != tuple(self.n):
+            if d is None or t.op.kernel_batch:
                 return None
             items.append((t.weight,) + d)
-        return StencilSum(items, self.n)
+        key = ("reg_stencil", tuple(self.n),
+               tuple((t.weight, "I" if t.is_identity else t.op.cache_key()) for t in self.terms))
+        return _cache.cached(self.bk, key, lambda: StencilSum(items, self.n))
 
-    def _normal_reg(self, x):
-        """sum_i w_i G_i^H G_i x (without lam)."""
-        out = None
-        for t in self.terms:
-            v = x if t.is_identity else t.op.normal_unchecked(x, x.shape[:1])
-            v = v * t.weight if t.weight != 1 else v
-            out = v if out is None else out + v
-        return out
+    def _normal_reg(self, x, lam):
+        """lam * sum_i w_i G_i^H G_i x, term by term."""
+        return scaled_sum(x, [(t.weight, None if t.is_identity else
+                               functools.partial(t.op.normal_unchecked, batch=x.shape[:1]))
+                              for t in self.terms], lam)
 
     def rhs(self):
         """``A^H y + alpha z``, shape (B, *n)."""
